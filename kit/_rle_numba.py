@@ -1,0 +1,253 @@
+"""Numba kernels behind :mod:`kit.rle`. Private: call :mod:`kit.rle`, which validates inputs.
+
+Every kernel works on the ROW-MAJOR flattened image (index ``i = row * width + col``) and
+reports runs with 0-based starts; :mod:`kit.rle` adds the 1 of the Kaggle format when it
+writes digits (done here, in :func:`runs_to_ascii`).
+"""
+import numpy as np
+from numba import njit
+
+# Error codes returned by parse_rle_bytes (0 = ok). kit.rle turns them into messages.
+ERR_NOT_INT = 1
+ERR_ODD = 2
+ERR_START_LT_1 = 3
+ERR_LENGTH_LT_1 = 4
+ERR_PAST_END = 5
+ERR_UNSORTED = 6
+
+
+@njit(cache=True, nogil=True)
+def label_runs(flat, max_label):
+    """Runs of every non-zero label of a flat label image, grouped by label, in ONE scan.
+
+    flat: (H*W,) integer labels >= 0 (checked by the caller); max_label: flat.max().
+    Returns (labels, ptr, starts, lengths): ``labels`` (K,) int64, the present labels
+    ascending; runs of ``labels[k]`` are ``starts[ptr[k]:ptr[k+1]]`` (0-based, ascending)
+    with ``lengths`` alongside.
+    """
+    n = flat.size
+    # Pass over the pixels: count runs per label (a run ends where the value changes).
+    counts = np.zeros(max_label + 1, np.int64)
+    i = 0
+    n_runs = 0
+    while i < n:
+        v = flat[i]
+        j = i + 1
+        while j < n and flat[j] == v:
+            j += 1
+        if v != 0:
+            counts[v] += 1
+            n_runs += 1
+        i = j
+    # Counting sort by label: offsets of each label's block of runs.
+    n_labels = 0
+    for v in range(1, max_label + 1):
+        if counts[v] > 0:
+            n_labels += 1
+    labels = np.empty(n_labels, np.int64)
+    ptr = np.empty(n_labels + 1, np.int64)
+    slot = np.zeros(max_label + 1, np.int64)
+    k = 0
+    acc = 0
+    for v in range(1, max_label + 1):
+        if counts[v] > 0:
+            labels[k] = v
+            ptr[k] = acc
+            slot[v] = acc
+            acc += counts[v]
+            k += 1
+    ptr[n_labels] = acc
+    starts = np.empty(n_runs, np.int64)
+    lengths = np.empty(n_runs, np.int64)
+    # Second scan fills each run into its label's block (starts stay ascending per label).
+    i = 0
+    while i < n:
+        v = flat[i]
+        j = i + 1
+        while j < n and flat[j] == v:
+            j += 1
+        if v != 0:
+            s = slot[v]
+            starts[s] = i
+            lengths[s] = j - i
+            slot[v] = s + 1
+        i = j
+    return labels, ptr, starts, lengths
+
+
+@njit(cache=True, nogil=True)
+def _n_digits(x):
+    d = 1
+    while x >= 10:
+        x //= 10
+        d += 1
+    return d
+
+
+@njit(cache=True, nogil=True)
+def _write_int(buf, pos, x):
+    d = _n_digits(x)
+    end = pos + d
+    q = end - 1
+    while d > 0:
+        buf[q] = 48 + x % 10
+        x //= 10
+        q -= 1
+        d -= 1
+    return end
+
+
+@njit(cache=True, nogil=True)
+def runs_to_ascii(ptr, starts, lengths):
+    """Write the Kaggle text of every group of runs into one ASCII buffer.
+
+    ptr: (K+1,) group offsets into starts/lengths (0-based starts). Returns (buf, offs):
+    group k's text is ``buf[offs[k]:offs[k+1]]`` = ``"s1 l1 s2 l2 ..."`` with 1-based starts.
+    """
+    k_groups = ptr.size - 1
+    size = 0
+    for r in range(starts.size):
+        size += _n_digits(starts[r] + 1) + _n_digits(lengths[r]) + 2
+    buf = np.empty(size, np.uint8)
+    offs = np.empty(k_groups + 1, np.int64)
+    pos = 0
+    for k in range(k_groups):
+        offs[k] = pos
+        for r in range(ptr[k], ptr[k + 1]):
+            if r > ptr[k]:
+                buf[pos] = 32
+                pos += 1
+            pos = _write_int(buf, pos, starts[r] + 1)
+            buf[pos] = 32
+            pos += 1
+            pos = _write_int(buf, pos, lengths[r])
+    offs[k_groups] = pos
+    return buf[:pos], offs
+
+
+@njit(cache=True, nogil=True)
+def parse_rle_bytes(text, n_pixels):
+    """Parse newline-separated Kaggle RLE lines into 0-based runs, validating as it goes.
+
+    text: (B,) uint8 ASCII, one RLE per line (an empty line is an empty mask).
+    Returns (ptr, starts, lengths, err, err_line, err_token): runs of line k are
+    ``starts[ptr[k]:ptr[k+1]]``. ``err`` is one of the ERR_* codes (0 when valid); then
+    ``err_line``/``err_token`` locate the first problem (0-based line, 0-based token).
+    """
+    n_lines = 1
+    for b in range(text.size):
+        if text[b] == 10:
+            n_lines += 1
+    max_tokens = text.size // 2 + 2
+    starts = np.empty(max_tokens // 2 + 1, np.int64)
+    lengths = np.empty(max_tokens // 2 + 1, np.int64)
+    ptr = np.zeros(n_lines + 1, np.int64)
+    line = 0
+    token = 0  # token index within the line
+    n_runs = 0
+    prev_end = -1  # end (exclusive) of the previous run of this line
+    value = 0
+    in_tok = False
+    bad = False
+    b = 0
+    nb = text.size
+    while b <= nb:
+        c = 10 if b == nb else text[b]
+        if c >= 48 and c <= 57:
+            if not in_tok:
+                in_tok = True
+                value = 0
+                bad = False
+            if value < 1 << 40:
+                value = value * 10 + (c - 48)
+        elif c == 32 or c == 9 or c == 10 or c == 13:
+            if in_tok:
+                in_tok = False
+                if bad:
+                    return ptr, starts, lengths, ERR_NOT_INT, line, token
+                if token % 2 == 0:
+                    if value < 1:
+                        return ptr, starts, lengths, ERR_START_LT_1, line, token
+                    starts[n_runs] = value - 1
+                else:
+                    if value < 1:
+                        return ptr, starts, lengths, ERR_LENGTH_LT_1, line, token
+                    s = starts[n_runs]
+                    if s + value > n_pixels:
+                        return ptr, starts, lengths, ERR_PAST_END, line, token
+                    if s < prev_end:
+                        return ptr, starts, lengths, ERR_UNSORTED, line, token - 1
+                    lengths[n_runs] = value
+                    prev_end = s + value
+                    n_runs += 1
+                token += 1
+            if c == 10:
+                if token % 2 == 1:
+                    return ptr, starts, lengths, ERR_ODD, line, token
+                line += 1
+                ptr[line] = n_runs
+                token = 0
+                prev_end = -1
+        else:
+            # Any other character makes the current token a non-integer.
+            if not in_tok:
+                in_tok = True
+                value = 0
+            bad = True
+        b += 1
+    return ptr, starts[:n_runs], lengths[:n_runs], 0, -1, -1
+
+
+@njit(cache=True, nogil=True)
+def paint_runs(out, ptr, starts, lengths, values):
+    """Paint group k's runs into flat ``out`` with ``values[k]``, groups in order (later wins)."""
+    for k in range(ptr.size - 1):
+        v = values[k]
+        for r in range(ptr[k], ptr[k + 1]):
+            s = starts[r]
+            for i in range(s, s + lengths[r]):
+                out[i] = v
+
+
+@njit(cache=True, nogil=True)
+def paint_stack(out, ptr, starts, lengths):
+    """Set ``out[k, run]`` True for every run of group k; out: (K, H*W) bool."""
+    for k in range(ptr.size - 1):
+        for r in range(ptr[k], ptr[k + 1]):
+            s = starts[r]
+            for i in range(s, s + lengths[r]):
+                out[k, i] = True
+
+
+@njit(cache=True, nogil=True)
+def stack_runs(flat_stack):
+    """Runs of every mask of a (K, H*W) bool stack. Returns (ptr, starts, lengths), 0-based."""
+    k_masks, n = flat_stack.shape
+    n_runs = 0
+    for k in range(k_masks):
+        prev = False
+        for i in range(n):
+            v = flat_stack[k, i]
+            if v and not prev:
+                n_runs += 1
+            prev = v
+    ptr = np.empty(k_masks + 1, np.int64)
+    starts = np.empty(n_runs, np.int64)
+    lengths = np.empty(n_runs, np.int64)
+    r = 0
+    for k in range(k_masks):
+        ptr[k] = r
+        i = 0
+        while i < n:
+            if flat_stack[k, i]:
+                j = i + 1
+                while j < n and flat_stack[k, j]:
+                    j += 1
+                starts[r] = i
+                lengths[r] = j - i
+                r += 1
+                i = j
+            else:
+                i += 1
+    ptr[k_masks] = r
+    return ptr, starts, lengths

@@ -1,0 +1,235 @@
+"""The one module that defines the kit's mask formats.
+
+Kaggle / Sartorius RLE (``train.csv`` ``annotation``, ``submission.csv`` ``predicted``)
+    A string ``"s1 l1 s2 l2 ..."`` of start/length pairs. Starts are **1-based** indices
+    into the **ROW-MAJOR** flattened image (``i = row * width + col + 1``; the
+    competition page said column-major, but row-major is what the scorer reads). Runs are
+    sorted, do not overlap, have length >= 1 and stay inside ``H*W``. The empty string is
+    an empty mask.
+
+COCO RLE (LIVECell json, pycocotools)
+    ``{"size": [H, W], "counts": ...}``, alternating background/foreground counts over the
+    **COLUMN-MAJOR** flattened image. Converted here by :func:`coco_to_mask` /
+    :func:`mask_to_coco`, never by hand elsewhere.
+
+Label image
+    ``(H, W)`` integer array, 0 = background, every other value one instance. Labels need
+    not be sequential. Decoding gives int32 labels ``1..N`` in list order.
+
+Instance stack
+    ``(N, H, W)`` bool array, one mask per instance; masks may overlap (train.csv does).
+
+Overlap rule of :func:`decode_labels`: masks are painted in list order, so where masks
+overlap the pixel takes the label of the mask that comes **last** in the list.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from kit import _rle_numba as _k
+
+__all__ = [
+    "encode", "decode", "encode_labels", "decode_labels", "encode_stack", "decode_stack",
+    "parse_runs", "check_label_image", "coco_to_mask", "mask_to_coco", "RLEError",
+]
+
+
+class RLEError(ValueError):
+    """A malformed RLE string. ``index`` is the position of the bad RLE in its list."""
+
+    def __init__(self, message: str, index: int = 0):
+        super().__init__(message)
+        self.index = index
+
+
+_ERROR_TEXT = {
+    _k.ERR_NOT_INT: "token {tok!r} is not a non-negative integer",
+    _k.ERR_ODD: "odd number of tokens ({n}): starts and lengths must come in pairs",
+    _k.ERR_START_LT_1: "start {tok} < 1 (starts are 1-based)",
+    _k.ERR_LENGTH_LT_1: "length {tok} < 1 (lengths must be positive)",
+    _k.ERR_PAST_END: "run {start} {length} ends at pixel {end}, past the image end {n_pixels}",
+    _k.ERR_UNSORTED: "run starting at {tok} starts before the previous run ends "
+                     "(runs must be sorted and must not overlap)",
+}
+
+
+def _shape2d(shape) -> tuple[int, int]:
+    try:
+        h, w = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be (height, width), got {shape!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"shape must be positive, got {shape!r}")
+    return h, w
+
+
+def _as_text(rle, index: int) -> str:
+    if rle is None or (isinstance(rle, float) and np.isnan(rle)):
+        return ""  # pandas reads an empty `predicted` cell as NaN
+    if not isinstance(rle, str):
+        raise RLEError(f"RLE #{index} must be a string, got {type(rle).__name__}", index)
+    if "\n" in rle:
+        raise RLEError(f"RLE #{index} contains a newline", index)
+    return rle
+
+
+def parse_runs(rles: Sequence[str], shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parse and validate RLE strings into 0-based runs.
+
+    Returns ``(ptr, starts, lengths)``, all int64: runs of ``rles[k]`` are
+    ``starts[ptr[k]:ptr[k+1]]`` (0-based row-major pixel index) and ``lengths`` alongside.
+    Raises :class:`RLEError` (a ``ValueError``) naming the RLE's index, the token and the rule.
+    """
+    h, w = _shape2d(shape)
+    texts = [_as_text(r, i) for i, r in enumerate(rles)]
+    if not texts:
+        z = np.zeros(0, np.int64)
+        return np.zeros(1, np.int64), z, z
+    try:
+        blob = "\n".join(texts).encode("ascii")
+    except UnicodeEncodeError:
+        bad = next(i for i, t in enumerate(texts) if not t.isascii())
+        raise RLEError(f"RLE #{bad} has non-ASCII characters: {texts[bad][:40]!r}", bad) from None
+    ptr, starts, lengths, err, line, tok = _k.parse_rle_bytes(
+        np.frombuffer(blob, np.uint8), h * w)
+    if err:
+        raise _error(err, int(line), int(tok), texts[int(line)], h * w)
+    return ptr, starts, lengths
+
+
+def _error(err: int, line: int, tok: int, text: str, n_pixels: int) -> RLEError:
+    tokens = text.split()
+    info = {"n": len(tokens), "n_pixels": n_pixels, "tok": tokens[tok] if tok < len(tokens) else ""}
+    if err == _k.ERR_PAST_END:
+        start, length = int(tokens[tok - 1]), int(tokens[tok])
+        info.update(start=start, length=length, end=start + length - 1)
+    msg = _ERROR_TEXT[err].format(**info)
+    return RLEError(f"RLE #{line}, token {tok}: {msg}", line)
+
+
+def check_label_image(labels: np.ndarray, name: str = "labels") -> np.ndarray:
+    """Validate a 2-D integer/bool label image; return it C-contiguous (no copy if already)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (H, W) label image, got shape {labels.shape}")
+    if labels.dtype == bool:
+        labels = labels.view(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name} must have an integer or bool dtype, got {labels.dtype}")
+    if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
+        raise ValueError(f"{name} has negative labels (min {labels.min()}); labels must be >= 0")
+    return np.ascontiguousarray(labels)
+
+
+def _label_runs(labels: np.ndarray):
+    """(labels_present, ptr, starts, lengths) of a validated label image (see _k.label_runs)."""
+    flat = labels.reshape(-1)
+    if flat.size == 0:
+        z = np.zeros(0, np.int64)
+        return z, np.zeros(1, np.int64), z, z
+    max_label = int(flat.max())
+    if max_label > 4 * flat.size + 1024:
+        # Sparse huge label values: compact them first so the per-label tables stay small.
+        uniq, inverse = np.unique(flat, return_inverse=True)
+        shift = 0 if uniq[0] == 0 else 1  # compact label 0 must stay background
+        present, ptr, starts, lengths = _k.label_runs(
+            inverse.astype(np.int64) + shift, len(uniq) - 1 + shift)
+        return uniq[present - shift].astype(np.int64), ptr, starts, lengths
+    return _k.label_runs(flat, max_label)
+
+
+def _texts(ptr, starts, lengths) -> list[str]:
+    buf, offs = _k.runs_to_ascii(ptr, starts, lengths)
+    blob = buf.tobytes().decode("ascii")
+    return [blob[offs[k]:offs[k + 1]] for k in range(len(offs) - 1)]
+
+
+def encode_labels(labels: np.ndarray) -> list[str]:
+    """One RLE per instance of an (H, W) label image, in ascending label order.
+
+    One scan over the image encodes every instance (never one full-image scan per instance).
+    Background is 0; labels need not be sequential; bool images give one RLE (or none).
+    """
+    labels = check_label_image(labels)
+    _, ptr, starts, lengths = _label_runs(labels)
+    return _texts(ptr, starts, lengths)
+
+
+def encode(mask: np.ndarray) -> str:
+    """RLE of one (H, W) mask (non-zero = foreground); ``""`` for an empty mask."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
+    out = encode_labels(mask != 0)
+    return out[0] if out else ""
+
+
+def encode_stack(stack: np.ndarray) -> list[str]:
+    """One RLE per mask of an (N, H, W) stack (non-zero = foreground); masks may overlap."""
+    stack = np.asarray(stack)
+    if stack.ndim != 3:
+        raise ValueError(f"stack must be 3-D (N, H, W), got shape {stack.shape}")
+    flat = np.ascontiguousarray(stack.reshape(stack.shape[0], -1) != 0)
+    ptr, starts, lengths = _k.stack_runs(flat)
+    return _texts(ptr, starts, lengths)
+
+
+def decode(rle: str, shape) -> np.ndarray:
+    """(H, W) bool mask of one RLE string; ``""`` (or NaN) is an empty mask."""
+    h, w = _shape2d(shape)
+    ptr, starts, lengths = parse_runs([rle], (h, w))
+    out = np.zeros(h * w, np.bool_)
+    _k.paint_runs(out, ptr, starts, lengths, np.ones(1, np.bool_))
+    return out.reshape(h, w)
+
+
+def decode_labels(rles: Sequence[str], shape) -> np.ndarray:
+    """(H, W) int32 label image: ``rles[k]`` gets label ``k + 1``.
+
+    Where masks overlap, the mask later in the list wins (painter's order); use
+    :func:`decode_stack` to keep every overlapping pixel.
+    """
+    h, w = _shape2d(shape)
+    ptr, starts, lengths = parse_runs(rles, (h, w))
+    out = np.zeros(h * w, np.int32)
+    _k.paint_runs(out, ptr, starts, lengths, np.arange(1, len(ptr), dtype=np.int32))
+    return out.reshape(h, w)
+
+
+def decode_stack(rles: Sequence[str], shape) -> np.ndarray:
+    """(N, H, W) bool stack, one mask per RLE; overlapping masks stay intact."""
+    h, w = _shape2d(shape)
+    ptr, starts, lengths = parse_runs(rles, (h, w))
+    out = np.zeros((len(ptr) - 1, h * w), np.bool_)
+    _k.paint_stack(out, ptr, starts, lengths)
+    return out.reshape(-1, h, w)
+
+
+def coco_to_mask(segmentation, shape) -> np.ndarray:
+    """(H, W) bool mask of a COCO segmentation: RLE dict (compressed or list counts) or polygons."""
+    from pycocotools import mask as coco_mask
+
+    h, w = _shape2d(shape)
+    if isinstance(segmentation, list):
+        rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, h, w))
+    elif isinstance(segmentation, dict) and "counts" in segmentation:
+        size = [int(s) for s in segmentation.get("size", (h, w))]
+        if size != [h, w]:
+            raise ValueError(f"COCO RLE size {size} does not match the image shape {[h, w]}")
+        rle = segmentation
+        if isinstance(rle["counts"], list):
+            rle = coco_mask.frPyObjects(rle, h, w)
+    else:
+        raise ValueError(f"unknown COCO segmentation of type {type(segmentation).__name__}")
+    return coco_mask.decode(rle).astype(bool)
+
+
+def mask_to_coco(mask: np.ndarray) -> dict:
+    """Compressed COCO RLE (column-major, counts as str) of one (H, W) mask."""
+    from pycocotools import mask as coco_mask
+
+    rle = coco_mask.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
