@@ -251,3 +251,19 @@ def stack_runs(flat_stack):
                 i += 1
     ptr[k_masks] = r
     return ptr, starts, lengths
+
+
+@njit(cache=True, nogil=True)
+def first_overlap(ptr, starts, lengths, n_pixels):
+    """First pixel covered by two groups of runs: (group_a, group_b, pixel) or (-1, -1, -1).
+
+    group_a < group_b are 0-based group (mask) indices; pixel is the 0-based flat index.
+    """
+    owner = np.full(n_pixels, -1, np.int64)
+    for k in range(ptr.size - 1):
+        for r in range(ptr[k], ptr[k + 1]):
+            for i in range(starts[r], starts[r] + lengths[r]):
+                if owner[i] >= 0:
+                    return owner[i], k, i
+                owner[i] = k
+    return -1, -1, -1

@@ -1,0 +1,219 @@
+"""The competition metric, exactly: mean over thresholds of TP / (TP + FP + FN), per image.
+
+For each image and each threshold ``t`` in 0.50, 0.55, ..., 0.95 a predicted instance
+matches a true one when their IoU is **strictly greater** than ``t`` (compared exactly, in
+integers: ``20 * intersection > 20 * t * union``). For t >= 0.5 an instance can have at
+most one partner with IoU > t, so no assignment step is needed. Then
+
+    score(t) = TP(t) / (TP(t) + FP(t) + FN(t)),   image score = mean_t score(t),
+    dataset score = mean over images (the Kaggle leaderboard number).
+
+Empty cases (the convention of this module, tested): no true and no predicted instance
+gives score(t) = 1 at every t; exactly one side empty gives 0. Zero-area masks (an empty
+RLE, an all-False stack slice) are not instances.
+
+Inputs, per side (:func:`image_score`): an (H, W) integer label image (0 = background,
+labels need not be sequential), an (N, H, W) bool stack (masks may overlap: IoU comes from
+the masks themselves), or a list of Kaggle RLE strings (give ``shape``; may overlap).
+
+Layers: :func:`image_score` (one image) -> :func:`score_images` (a lazy iterable of
+pairs) -> :func:`summarize` (AP per threshold, MAP, by cell type).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from kit import _metric_numba as _k
+from kit import rle as _rle
+
+THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(_k.N_THRESHOLDS))
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """Result for one image. ``tp``/``fp``/``fn``: (10,) int64 counts at each of THRESHOLDS."""
+
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    n_true: int
+    n_pred: int
+    id: str = ""
+    cell_type: str | None = None
+
+    @property
+    def per_threshold(self) -> np.ndarray:
+        """(10,) float64 score(t) = TP / (TP + FP + FN); 1.0 where both sides are empty."""
+        denom = self.tp + self.fp + self.fn
+        return np.where(denom > 0, self.tp / np.maximum(denom, 1), 1.0)
+
+    @property
+    def score(self) -> float:
+        """The image score: mean of :attr:`per_threshold`."""
+        return float(self.per_threshold.mean())
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "cell_type": self.cell_type, "score": self.score,
+                "n_true": self.n_true, "n_pred": self.n_pred,
+                "tp": self.tp.tolist(), "fp": self.fp.tolist(), "fn": self.fn.tolist()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs -> run-length or label form
+
+
+def _as_runs(x, shape, name):
+    """(ptr, starts, lengths, n_pixels) of a stack or an RLE list."""
+    if isinstance(x, np.ndarray) and x.ndim == 3:
+        if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+            raise ValueError(f"{name} stack has image shape {x.shape[1:]}, expected {tuple(shape)}")
+        from kit import _rle_numba
+
+        flat = np.ascontiguousarray(x.reshape(x.shape[0], -1) != 0)
+        ptr, starts, lengths = _rle_numba.stack_runs(flat)
+        return ptr, starts, lengths, flat.shape[1], tuple(x.shape[1:])
+    if isinstance(x, np.ndarray):
+        raise ValueError(f"{name} must be a 2-D label image, a 3-D bool stack or a list of RLE "
+                         f"strings, got an array of shape {x.shape}")
+    if shape is None:
+        raise ValueError(f"{name} is a list of RLE strings: pass shape=(H, W)")
+    ptr, starts, lengths = _rle.parse_runs(list(x), shape)
+    return ptr, starts, lengths, int(shape[0]) * int(shape[1]), tuple(int(s) for s in shape)
+
+
+def _label_runs(labels):
+    present, ptr, starts, lengths = _rle._label_runs(labels)
+    return ptr, starts, lengths, labels.size, labels.shape
+
+
+def _is_label_image(x) -> bool:
+    return isinstance(x, np.ndarray) and x.ndim == 2
+
+
+def _pairs(gt, pred, shape):
+    """(a, b, count, area_gt, area_pred) for any accepted input pair (see module docstring)."""
+    if _is_label_image(gt) and _is_label_image(pred):
+        g = _rle.check_label_image(gt, "gt")
+        p = _rle.check_label_image(pred, "pred")
+        if g.shape != p.shape:
+            raise ValueError(f"gt ({g.shape}) and pred ({p.shape}) have different shapes")
+        if shape is not None and tuple(shape) != g.shape:
+            raise ValueError(f"shape {tuple(shape)} does not match the label images {g.shape}")
+        if max(int(g.max(initial=0)), int(p.max(initial=0))) >= 2**31:
+            g = _compact(g)
+            p = _compact(p)
+        a, b, c = _k.label_overlaps(g.reshape(-1), p.reshape(-1))
+        area_a, area_b = _k.areas_from_pairs(a, b, c)
+        return a, b, c, area_a, area_b
+    if shape is None:  # a list of RLEs takes its shape from an array on the other side
+        shape = next((x.shape[-2:] for x in (gt, pred) if isinstance(x, np.ndarray)), None)
+    ga = _label_runs(_rle.check_label_image(gt, "gt")) if _is_label_image(gt) else \
+        _as_runs(gt, shape, "gt")
+    pa = _label_runs(_rle.check_label_image(pred, "pred")) if _is_label_image(pred) else \
+        _as_runs(pred, shape, "pred")
+    if ga[4] != pa[4]:
+        raise ValueError(f"gt ({ga[4]}) and pred ({pa[4]}) have different shapes")
+    a, b, c = _k.run_overlaps(ga[0], ga[1], ga[2], pa[0], pa[1], pa[2], ga[3])
+    return a, b, c, _k.run_areas(ga[0], ga[2]), _k.run_areas(pa[0], pa[2])
+
+
+def _compact(labels):
+    uniq, inverse = np.unique(labels, return_inverse=True)
+    shift = 0 if uniq[0] == 0 else 1
+    return (inverse.reshape(labels.shape) + shift).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def image_score(gt, pred, shape=None, *, id: str = "", cell_type: str | None = None) -> ImageScore:
+    """Score one image. ``gt``/``pred``: label image, bool stack or RLE list (see module doc).
+
+    ``shape`` (H, W) is needed when both sides are RLE lists; otherwise it is checked.
+
+    >>> a = np.zeros((4, 4), np.int32); a[:2, :2] = 7
+    >>> image_score(a, a).score
+    1.0
+    """
+    a, b, c, area_a, area_b = _pairs(gt, pred, shape)
+    tp = _k.match_counts(a, b, c, area_a, area_b)
+    n_true = int(np.count_nonzero(area_a[1:]))
+    n_pred = int(np.count_nonzero(area_b[1:]))
+    return ImageScore(tp=tp, fp=n_pred - tp, fn=n_true - tp, n_true=n_true, n_pred=n_pred,
+                      id=id, cell_type=cell_type)
+
+
+def iou_pairs(gt, pred, shape=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Overlapping instance pairs: (gt_index, pred_index, iou), IoU > 0 only.
+
+    Indices are labels for label images and 1-based list positions for stacks/RLE lists.
+    """
+    a, b, c, area_a, area_b = _pairs(gt, pred, shape)
+    keep = (a > 0) & (b > 0)
+    a, b, c = a[keep], b[keep], c[keep]
+    iou = c / (area_a[a] + area_b[b] - c)
+    order = np.lexsort((b, a))
+    return a[order], b[order], iou[order]
+
+
+def score_images(pairs: Iterable[tuple], shape=None) -> Iterator[ImageScore]:
+    """Lazily score ``(id, cell_type, gt, pred)`` tuples; yields one ImageScore each."""
+    for image_id, cell_type, gt, pred in pairs:
+        yield image_score(gt, pred, shape, id=image_id, cell_type=cell_type)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """AP per threshold (mean over images of score(t)), MAP, and the same per cell type."""
+
+    thresholds: tuple
+    ap: np.ndarray  # (10,) float64
+    tp: np.ndarray  # (10,) int64 summed over images
+    fp: np.ndarray
+    fn: np.ndarray
+    n_images: int
+    by_cell_type: dict = field(default_factory=dict)  # cell_type -> Summary
+
+    @property
+    def map(self) -> float:
+        """Mean of per-image scores (= mean of :attr:`ap`); NaN for zero images."""
+        return float(self.ap.mean()) if self.n_images else float("nan")
+
+    def to_dict(self) -> dict:
+        out = {"map": self.map, "thresholds": list(self.thresholds), "ap": self.ap.tolist(),
+               "n_images": self.n_images, "tp": self.tp.tolist(), "fp": self.fp.tolist(),
+               "fn": self.fn.tolist()}
+        if self.by_cell_type:
+            out["by_cell_type"] = {k: v.to_dict() for k, v in self.by_cell_type.items()}
+        return out
+
+
+def _summary(scores: Sequence[ImageScore]) -> Summary:
+    n = len(scores)
+    if n:
+        ap = np.mean([s.per_threshold for s in scores], axis=0)
+        tp, fp, fn = (np.sum([getattr(s, f) for s in scores], axis=0) for f in ("tp", "fp", "fn"))
+    else:
+        ap = np.full(len(THRESHOLDS), np.nan)
+        tp = fp = fn = np.zeros(len(THRESHOLDS), np.int64)
+    return Summary(THRESHOLDS, ap, tp, fp, fn, n)
+
+
+def summarize(scores: Iterable[ImageScore], by_cell_type: bool = True) -> Summary:
+    """Aggregate image scores overall and (images with a ``cell_type``) per cell type."""
+    scores = list(scores)
+    total = _summary(scores)
+    if not by_cell_type:
+        return total
+    types = sorted({s.cell_type for s in scores if s.cell_type is not None})
+    groups = {t: _summary([s for s in scores if s.cell_type == t]) for t in types}
+    return Summary(total.thresholds, total.ap, total.tp, total.fp, total.fn, total.n_images, groups)
+
+
+def dataset_score(scores: Iterable[ImageScore]) -> float:
+    """The leaderboard number: mean image score (NaN for no images)."""
+    return summarize(scores, by_cell_type=False).map
