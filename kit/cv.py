@@ -6,6 +6,7 @@
   CSV is read (no images), so out-of-fold scoring needs no pixels on disk.
 * ``--pred``: an ``id,predicted`` CSV (submission or OOF), or a directory of label images
   ``<id>.png`` (8/16-bit) / ``<id>.npy`` (0 = background).
+* ``--folds F --fold K`` restricts the GT to one fold (out-of-fold predictions).
 * GT ids with no prediction count as all false negatives and are listed; a prediction id
   the GT does not know is an error (exit 2). Overlapping predicted masks are scored from the
   masks themselves (IoU is not taken from a painted label image).
@@ -135,6 +136,8 @@ def main(argv=None) -> int:
     io.add_argument("--gt", type=Path, required=True, help="train.csv-format GT file or a dir with train.csv")
     io.add_argument("--pred", type=Path, required=True, help="id,predicted CSV or dir of <id>.png/.npy labels")
     io.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
+    io.add_argument("--folds", type=Path, default=None, help="id,fold CSV: with --fold, score one fold")
+    io.add_argument("--fold", type=int, default=None, help="score only GT images of this fold (OOF)")
     view = parser.add_argument_group("view")
     view.add_argument("--by", choices=["cell_type"], default=None,
                       help="add pooled TP/FN/FP tables per cell type")
@@ -145,6 +148,15 @@ def main(argv=None) -> int:
 
     try:
         gt = read_train_csv(_gt_csv(args.gt), check_images=False)
+        if (args.fold is None) != (args.folds is None):
+            raise CVError("--fold and --folds go together")
+        if args.folds is not None:
+            from kit.data import read_folds_csv
+
+            folds = read_folds_csv(args.folds)
+            gt = [r for r in gt if folds.get(r.id) == args.fold]
+            if not gt:
+                raise CVError(f"--fold {args.fold}: no GT image of that fold in {args.folds}")
         preds = load_predictions(args.pred)
         scores, missing = score_predictions(gt, preds, progress=not args.quiet)
     except ValueError as e:

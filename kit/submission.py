@@ -153,7 +153,7 @@ def main(argv=None) -> int:
         if args.data is not None:
             from kit.data import read_competition_dir
 
-            test = read_competition_dir(args.data).test
+            test = read_competition_dir(args.data, check_images=False).test
             ids, shapes = [r.id for r in test], {r.id: r.shape for r in test}
         else:
             ids, shapes = list(read_prediction_rows(args.sample)), None

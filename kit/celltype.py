@@ -1,0 +1,119 @@
+"""Image -> cell type (cort / shsy5y / astro), shared by every model's per-type settings.
+
+Per-type post-processing needs the image's cell type. In cross-validation it comes from the
+data; at submission time from this classifier: texture statistics of the whole image
+(:func:`image_features`, 24 floats) fed to a standardised multinomial logistic regression
+(scikit-learn). Cheap to train on a fold, and its out-of-fold accuracy is measured by
+:func:`oof_accuracy` (grouped by sample, like the folds).
+
+Saved as ``celltype.joblib`` inside a model folder (a model is one folder).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from kit import CELL_TYPES
+
+FILE_NAME = "celltype.joblib"
+
+
+def image_features(image: np.ndarray) -> np.ndarray:
+    """(24,) float64 texture features of one (H, W) uint8 phase-contrast image.
+
+    Local contrast (|image - blurred|) at three scales, its percentiles, the fraction of
+    "busy" pixels, gradient energy and intensity spread: they separate the dense small
+    shsy5y, the sparse round cort and the large branched astro cells.
+    """
+    import cv2
+
+    img = np.asarray(image, np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D (H, W), got shape {img.shape}")
+    img = (img - img.mean()) / (img.std() + 1e-6)
+    feats = []
+    for sigma in (1.5, 4.0, 12.0):
+        contrast = np.abs(img - cv2.GaussianBlur(img, (0, 0), sigma))
+        smooth = cv2.GaussianBlur(contrast, (0, 0), 2 * sigma)
+        feats += list(np.percentile(smooth, [10, 50, 75, 90, 99]))
+        feats.append(float((smooth > np.median(smooth) * 2).mean()))
+    gy, gx = np.gradient(cv2.GaussianBlur(img, (0, 0), 1.0))
+    grad = np.hypot(gx, gy)
+    feats += [float(grad.mean()), float(grad.std()), float(np.percentile(grad, 95))]
+    feats += list(np.percentile(img, [1, 50, 99]))
+    return np.asarray(feats, np.float64)
+
+
+class CellTypeClassifier:
+    """Nearest-class texture classifier. ``fit(images, types)`` then ``predict(image)``."""
+
+    def __init__(self, model=None):
+        self.model = model
+
+    @staticmethod
+    def _new_model():
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+
+    def fit_features(self, features: np.ndarray, types: Sequence[str]) -> "CellTypeClassifier":
+        """features: (N, 24) from :func:`image_features`; types: N cell-type names."""
+        unknown = sorted(set(types) - set(CELL_TYPES))
+        if unknown:
+            raise ValueError(f"unknown cell types {unknown}; valid: {list(CELL_TYPES)}")
+        if len(set(types)) < 2:
+            raise ValueError(f"need images of at least 2 cell types to train, got {sorted(set(types))}")
+        self.model = self._new_model().fit(features, list(types))
+        return self
+
+    def fit(self, images: Sequence[np.ndarray], types: Sequence[str]) -> "CellTypeClassifier":
+        return self.fit_features(np.stack([image_features(i) for i in images]), types)
+
+    def predict_features(self, features: np.ndarray) -> list[str]:
+        if self.model is None:
+            raise ValueError("CellTypeClassifier is not trained: call fit() or load() first")
+        return [str(t) for t in self.model.predict(np.atleast_2d(features))]
+
+    def predict(self, image: np.ndarray) -> str:
+        return self.predict_features(image_features(image))[0]
+
+    def save(self, folder) -> Path:
+        import joblib
+
+        path = Path(folder) / FILE_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        joblib.dump(self.model, tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, folder) -> "CellTypeClassifier":
+        import joblib
+
+        path = Path(folder) / FILE_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no cell-type classifier at {path}")
+        return cls(joblib.load(path))
+
+
+def oof_accuracy(features: np.ndarray, types: Sequence[str], groups: Sequence[str],
+                 n_splits: int = 5) -> tuple[float, list[str]]:
+    """Out-of-fold accuracy with GroupKFold by sample; returns (accuracy, OOF predictions)."""
+    from sklearn.model_selection import GroupKFold
+
+    types = np.asarray(types)
+    n_splits = min(n_splits, len(set(groups)))
+    if n_splits < 2:
+        raise ValueError("need at least 2 sample groups for out-of-fold accuracy")
+    pred = np.empty(len(types), dtype=object)
+    for tr, va in GroupKFold(n_splits=n_splits).split(features, types, groups):
+        if len(set(types[tr])) < 2:
+            pred[va] = types[tr][0]
+            continue
+        pred[va] = CellTypeClassifier().fit_features(features[tr], types[tr]).predict_features(features[va])
+    return float(np.mean(pred == types)), [str(p) for p in pred]

@@ -1,0 +1,130 @@
+"""Predict images with any model folder and write a validated ``submission.csv``.
+
+``python -m kit.predict --model DIR --images DIR --out submission.csv``
+
+The model folder's ``model.json`` names its type (:mod:`kit.models`); every model answers
+``predict(image, cell_type) -> label image``. The cell type of each image comes from
+``--cell-types`` (any CSV with ``id`` and ``cell_type`` columns, e.g. a train.csv, for
+cross-validation), else from the model folder's ``celltype.joblib`` classifier.
+Image ids: ``--ids`` (a sample_submission.csv) or every ``*.png`` in ``--images``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+
+def read_cell_types(path) -> dict[str, str]:
+    """``id -> cell_type`` from a CSV with ``id`` and ``cell_type`` columns."""
+    from kit import CELL_TYPES
+
+    path = Path(path)
+    out: dict[str, str] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"id", "cell_type"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path} line 1: missing column(s) {sorted(missing)}")
+        for line, row in enumerate(reader, start=2):
+            if row["cell_type"] not in CELL_TYPES:
+                raise ValueError(f"{path} line {line}, field 'cell_type': unknown cell type "
+                                 f"{row['cell_type']!r}; valid: {list(CELL_TYPES)}")
+            out[row["id"]] = row["cell_type"]
+    return out
+
+
+def image_ids(images: Path, ids_csv: Path | None) -> list[str]:
+    """Ids to predict: the ``id`` column of ``ids_csv`` (order kept, deduplicated) or ``*.png``."""
+    if ids_csv is not None:
+        from kit.submission import read_prediction_rows
+
+        ids = list(read_prediction_rows(ids_csv))
+    else:
+        ids = sorted(p.stem for p in images.glob("*.png"))
+    if not ids:
+        raise ValueError(f"no images to predict in {images}")
+    return ids
+
+
+def cell_type_resolver(model_dir: Path, given: Mapping[str, str] | None) -> Callable:
+    """``f(id, image) -> cell type``: from ``given`` first, else the folder's classifier."""
+    classifier = None
+
+    def resolve(image_id: str, image: np.ndarray) -> str:
+        nonlocal classifier
+        if given is not None and image_id in given:
+            return given[image_id]
+        if classifier is None:
+            from kit.celltype import CellTypeClassifier
+
+            try:
+                classifier = CellTypeClassifier.load(model_dir)
+            except FileNotFoundError:
+                raise ValueError(f"no cell type for image {image_id!r}: pass --cell-types, or put a "
+                                 f"celltype.joblib classifier in {model_dir}") from None
+        return classifier.predict(image)
+
+    return resolve
+
+
+def predict_images(model, model_dir: Path, images: Path, ids: Iterable[str],
+                   cell_types: Mapping[str, str] | None = None, progress: bool = True):
+    """Yield ``(id, cell_type, label image)`` for every id (image ``images/<id>.png``)."""
+    from tqdm import tqdm
+
+    from kit.data import load_image
+
+    resolve = cell_type_resolver(model_dir, cell_types)
+    for image_id in tqdm(list(ids), desc="predict", unit="img", disable=not progress, file=sys.stderr):
+        image = load_image(images / f"{image_id}.png")
+        cell_type = resolve(image_id, image)
+        yield image_id, cell_type, model.predict(image, cell_type)
+
+
+def run(model_dir: Path, images: Path, out: Path, ids_csv: Path | None = None,
+        cell_types_csv: Path | None = None, progress: bool = True) -> dict:
+    """Predict, write ``out`` atomically, validate it. Returns a small report dict."""
+    from kit.models import load_model
+    from kit.submission import validate_submission, write_submission
+
+    model = load_model(model_dir)
+    ids = image_ids(images, ids_csv)
+    given = read_cell_types(cell_types_csv) if cell_types_csv else None
+    preds, shapes, types = {}, {}, {}
+    for image_id, cell_type, labels in predict_images(model, model_dir, images, ids, given, progress):
+        preds[image_id] = labels
+        shapes[image_id] = labels.shape
+        types[image_id] = cell_type
+    write_submission(preds, out, ids=ids)
+    checked = validate_submission(out, ids, shapes)
+    return {"images": len(ids), "masks": sum(len(v) for v in checked.values()), "cell_types": types}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kit.predict", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="model folder (holds model.json)")
+    parser.add_argument("--images", type=Path, required=True, help="folder of <id>.png images")
+    parser.add_argument("--out", type=Path, required=True, help="submission.csv to write")
+    parser.add_argument("--ids", type=Path, default=None,
+                        help="CSV with an id column (sample_submission.csv); default: every PNG")
+    parser.add_argument("--cell-types", type=Path, default=None,
+                        help="CSV with id and cell_type columns; default: the model's classifier")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        report = run(args.model, args.images, args.out, args.ids, args.cell_types, not args.quiet)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: {report['images']} images, {report['masks']} masks (validated)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Train a model on one fold and score it out of fold: ``python -m kit.train MODEL ...``.
+
+``python -m kit.train baseline --data DIR --fold K --out DIR [--folds folds.csv]``
+
+Every model goes through the same steps, so their numbers compare:
+
+1. read the competition directory (:mod:`kit.data`); folds from ``--folds`` or made by
+   ``make_folds`` (grouped by sample, stratified by cell type) and written to ``folds.csv``;
+2. fit the image -> cell-type classifier on the training fold (``celltype.joblib``) and
+   report its accuracy on the held-out fold;
+3. fit the model (the baseline has nothing to fit; trained models add their trainer to
+   :data:`TRAINERS`) and save it into ``--out`` (a model is one folder);
+4. predict the held-out fold with the true cell types, write ``oof.csv`` (submission
+   format) and score it with the competition metric (``oof_score.json``, table printed).
+
+The run folder also gets ``params.json`` (the command's arguments) and ``train.log`` (one
+JSON object per line).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _fit_baseline(train_records, val_records, args, out: Path):
+    from kit.models.baseline import BaselineModel
+
+    model = BaselineModel()
+    model.save(out)
+    return model
+
+
+# model name -> fit(train_records, val_records, args, out_dir) -> model (saved in out_dir)
+TRAINERS = {
+    "baseline": _fit_baseline,
+}
+
+
+class RunLog:
+    """Append-only ``train.log``: one JSON object per line, with a wall-clock stamp."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, event: str, **fields) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), "event": event, **fields}) + "\n")
+
+
+def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed: int, out: Path):
+    """(train records, held-out records) of ``fold``; writes ``out/folds.csv``."""
+    from kit.data import make_folds, read_competition_dir, read_folds_csv, write_folds_csv
+
+    records = read_competition_dir(data).train
+    folds = read_folds_csv(folds_csv) if folds_csv else make_folds(records, n_folds, seed)
+    missing = [r.id for r in records if r.id not in folds]
+    if missing:
+        raise ValueError(f"{folds_csv}: no fold for {len(missing)} train id(s), e.g. {missing[:3]}")
+    if fold not in set(folds.values()):
+        raise ValueError(f"--fold {fold}: folds are {sorted(set(folds.values()))}")
+    write_folds_csv({r.id: folds[r.id] for r in records}, out / "folds.csv")
+    train = [r for r in records if folds[r.id] != fold]
+    held_out = [r for r in records if folds[r.id] == fold]
+    return train, held_out
+
+
+def fit_cell_type_classifier(train, held_out, out: Path) -> float:
+    """Fit on ``train`` images, save into ``out``; return the accuracy on ``held_out``."""
+    import numpy as np
+
+    from kit.celltype import CellTypeClassifier, image_features
+
+    feats = np.stack([image_features(r.load_image()) for r in train])
+    clf = CellTypeClassifier().fit_features(feats, [r.cell_type for r in train])
+    clf.save(out)
+    if not held_out:
+        return float("nan")
+    pred = clf.predict_features(np.stack([image_features(r.load_image()) for r in held_out]))
+    return float(np.mean([p == r.cell_type for p, r in zip(pred, held_out)]))
+
+
+def score_oof(model, held_out, out: Path, progress: bool = True):
+    """Predict the held-out fold with true cell types, write oof.csv and oof_score.json."""
+    from tqdm import tqdm
+
+    from kit import cv, metric
+    from kit.submission import write_submission
+
+    preds, scores = {}, []
+    for rec in tqdm(held_out, desc="OOF predict", unit="img", disable=not progress, file=sys.stderr):
+        labels = model.predict(rec.load_image(), rec.cell_type)
+        preds[rec.id] = labels
+        scores.append(metric.image_score(list(rec.rles), labels, rec.shape,
+                                         id=rec.id, cell_type=rec.cell_type))
+    write_submission(preds, out / "oof.csv", ids=[r.id for r in held_out])
+    summary = metric.summarize(scores)
+    cv.write_json_atomic(cv.result_json(summary, scores, []), out / "oof_score.json")
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kit.train", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("model", choices=sorted(TRAINERS), help="which model to train")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", type=Path, required=True, help="competition directory")
+    data.add_argument("--fold", type=int, default=0, help="held-out fold")
+    data.add_argument("--folds", type=Path, default=None, help="id,fold CSV (default: make folds)")
+    data.add_argument("--n-folds", type=int, default=5, help="folds to make when --folds is absent")
+    data.add_argument("--seed", type=int, default=42, help="seed of the folds")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", type=Path, required=True, help="model/run folder to write")
+    run.add_argument("--config", type=Path, default=None, help="model config YAML (trained models)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    (out / "params.json").write_text(json.dumps(params, indent=1) + "\n")
+    log = RunLog(out / "train.log")
+    try:
+        train, held_out = split_fold(args.data, args.fold, args.folds, args.n_folds, args.seed, out)
+        log("split", n_train=len(train), n_held_out=len(held_out))
+        acc = fit_cell_type_classifier(train, held_out, out)
+        log("celltype", held_out_accuracy=acc)
+        model = TRAINERS[args.model](train, held_out, args, out)
+        summary = score_oof(model, held_out, out, progress=not args.quiet)
+    except (ValueError, FileNotFoundError) as e:
+        log("error", message=str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    log("oof", map=summary.map, by_cell_type={k: v.map for k, v in summary.by_cell_type.items()})
+    from kit.cv import format_table
+
+    print(f"{args.model} fold {args.fold}: {len(train)} train / {len(held_out)} held-out images; "
+          f"cell-type classifier held-out accuracy {acc:.3f}")
+    print(format_table(summary))
+    print(f"model folder: {out}  (oof.csv, oof_score.json, folds.csv, train.log)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
