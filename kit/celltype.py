@@ -2,7 +2,7 @@
 
 Per-type post-processing needs the image's cell type. In cross-validation it comes from the
 data; at submission time from this classifier: texture statistics of the whole image
-(:func:`image_features`, 24 floats) fed to a standardised multinomial logistic regression
+(:func:`image_features`, 28 floats) fed to a standardised multinomial logistic regression
 (scikit-learn). Cheap to train on a fold, and its out-of-fold accuracy is measured by
 :func:`oof_accuracy` (grouped by sample, like the folds).
 
@@ -21,10 +21,11 @@ FILE_NAME = "celltype.joblib"
 
 
 def image_features(image: np.ndarray) -> np.ndarray:
-    """(24,) float64 texture features of one (H, W) uint8 phase-contrast image.
+    """(28,) float64 texture features of one (H, W) uint8 phase-contrast image.
 
     Local contrast (|image - blurred|) at three scales, its percentiles, the fraction of
-    "busy" pixels, gradient energy and intensity spread: they separate the dense small
+    "busy" pixels, gradient energy, intensity spread and the count and size of contrast
+    blobs: they separate the dense small
     shsy5y, the sparse round cort and the large branched astro cells.
     """
     import cv2
@@ -43,6 +44,15 @@ def image_features(image: np.ndarray) -> np.ndarray:
     grad = np.hypot(gx, gy)
     feats += [float(grad.mean()), float(grad.std()), float(np.percentile(grad, 95))]
     feats += list(np.percentile(img, [1, 50, 99]))
+    # Blobs of the contrast foreground: how many per megapixel, how large, how much of the image.
+    contrast = cv2.GaussianBlur(np.abs(img - cv2.GaussianBlur(img, (0, 0), 4.0)), (0, 0), 2.0)
+    scaled = cv2.normalize(contrast, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    _, fg = cv2.threshold(scaled, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
+    areas = areas[areas >= 10] if (areas >= 10).any() else np.ones(1)
+    feats += [np.log1p(len(areas) * 1e6 / img.size), float(np.log(np.median(areas))),
+              float(np.log(np.percentile(areas, 90))), float(fg.mean())]
     return np.asarray(feats, np.float64)
 
 
@@ -61,7 +71,7 @@ class CellTypeClassifier:
         return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
 
     def fit_features(self, features: np.ndarray, types: Sequence[str]) -> "CellTypeClassifier":
-        """features: (N, 24) from :func:`image_features`; types: N cell-type names."""
+        """features: (N, 28) from :func:`image_features`; types: N cell-type names."""
         unknown = sorted(set(types) - set(CELL_TYPES))
         if unknown:
             raise ValueError(f"unknown cell types {unknown}; valid: {list(CELL_TYPES)}")
@@ -106,7 +116,7 @@ def oof_accuracy(features: np.ndarray, types: Sequence[str], groups: Sequence[st
     """Out-of-fold accuracy with GroupKFold by sample; returns (accuracy, OOF predictions)."""
     from sklearn.model_selection import GroupKFold
 
-    types = np.asarray(types)
+    features, types = np.asarray(features, np.float64), np.asarray(types)
     n_splits = min(n_splits, len(set(groups)))
     if n_splits < 2:
         raise ValueError("need at least 2 sample groups for out-of-fold accuracy")

@@ -10,7 +10,7 @@ Kaggle / Sartorius RLE (``train.csv`` ``annotation``, ``submission.csv`` ``predi
 COCO RLE (LIVECell json, pycocotools)
     ``{"size": [H, W], "counts": ...}``, alternating background/foreground counts over the
     **COLUMN-MAJOR** flattened image. Converted here by :func:`coco_to_mask` /
-    :func:`mask_to_coco`, never by hand elsewhere.
+    :func:`mask_to_coco` / :func:`coco_counts_to_kaggle`, never by hand elsewhere.
 
 Label image
     ``(H, W)`` integer array, 0 = background, every other value one instance. Labels need
@@ -32,7 +32,8 @@ from kit import _rle_numba as _k
 
 __all__ = [
     "encode", "decode", "encode_labels", "decode_labels", "encode_stack", "decode_stack",
-    "parse_runs", "check_label_image", "coco_to_mask", "mask_to_coco", "RLEError",
+    "parse_runs", "check_label_image", "coco_to_mask", "mask_to_coco", "coco_counts_to_kaggle",
+    "RLEError",
 ]
 
 
@@ -233,3 +234,102 @@ def mask_to_coco(mask: np.ndarray) -> dict:
     rle = coco_mask.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
+
+
+def coco_counts_to_kaggle(rles: Sequence[dict], shape: tuple[int, int]) -> list[str]:
+    """Kaggle RLE strings of compressed COCO RLEs (all of one image), without full-image decodes.
+
+    Decodes pycocotools' counts strings (the algorithm of ``rleFrString`` in maskApi.c: 5 bits
+    per character, sign bit 0x10, continuation bit 0x20, counts from the third on stored as
+    deltas to the count two before), turns the column-major runs into pixel indices, re-sorts
+    them row-major and rebuilds runs. Work is proportional to the foreground pixels, not to
+    N * H * W (decoding 9796 full masks with pycocotools takes ~4 s, this ~0.3 s). Verified
+    against :func:`coco_to_mask` + :func:`encode` in the tests.
+    Raises :class:`RLEError` with ``.index`` = the position of the bad RLE.
+    """
+    h, w = shape
+    n_px = h * w
+    n = len(rles)
+    blobs = []
+    for i, r in enumerate(rles):
+        size = [int(s) for s in r.get("size", (h, w))]
+        if size != [h, w]:
+            raise RLEError(f"RLE size {size} does not match the image (height, width) = {[h, w]}", i)
+        counts = r["counts"]
+        if isinstance(counts, str):
+            try:
+                counts = counts.encode("ascii")
+            except UnicodeEncodeError:
+                raise RLEError("compressed counts hold non-ASCII characters", i) from None
+        if not isinstance(counts, bytes) or not counts:
+            raise RLEError(f"compressed counts must be a non-empty string, got {counts!r:.40}", i)
+        blobs.append(counts)
+    if n == 0:
+        return []
+    n_chars = np.fromiter((len(b) for b in blobs), np.int64, n)
+    str_end = np.cumsum(n_chars) - 1  # index of each string's last character
+    c = np.frombuffer(b"".join(blobs), np.uint8).astype(np.int64) - 48
+    bad = np.flatnonzero((c < 0) | (c > 63))
+    if bad.size:
+        i = int(np.searchsorted(str_end, bad[0]))
+        raise RLEError(f"character {chr(c[bad[0]] + 48)!r} is not a pycocotools counts character", i)
+    more = (c & 0x20) != 0
+    if more[str_end].any():
+        i = int(np.flatnonzero(more[str_end])[0])
+        raise RLEError("compressed counts end in the middle of a number", i)
+    tok_end = np.flatnonzero(~more)
+    tok_start = np.r_[0, tok_end[:-1] + 1]
+    tok_len = tok_end - tok_start + 1
+    tok_str = np.searchsorted(str_end, tok_end)  # string (annotation) of each token
+    if (tok_len > 7).any():  # 7 chars = 35 bits: more than any image needs
+        raise RLEError("compressed counts hold a number of more than 7 characters",
+                         int(tok_str[np.argmax(tok_len > 7)]))
+    shift = 5 * (np.arange(c.size) - np.repeat(tok_start, tok_len))
+    x = np.add.reduceat((c & 0x1F) << shift, tok_start)
+    neg = (c[tok_end] & 0x10) != 0
+    x[neg] -= np.left_shift(1, 5 * tok_len[neg])
+    # Undo the delta coding: cnts[m] = x[m] + cnts[m-2] for m > 2 (m = index within a string),
+    # i.e. running sums along the chains m = 1, 3, 5, ... and m = 2, 4, 6, ... (m = 0 alone).
+    n_tok = np.bincount(tok_str, minlength=n)
+    first_tok = np.cumsum(n_tok) - n_tok
+    m = np.arange(x.size) - np.repeat(first_tok, n_tok)
+    chain = tok_str * 3 + np.where(m == 0, 0, 1 + (m & 1))
+    order = np.argsort(chain, kind="stable")
+    xs = x[order]
+    cs = np.cumsum(xs)
+    key = chain[order]
+    new = np.r_[True, key[1:] != key[:-1]]
+    cnts = np.empty_like(x)
+    cnts[order] = cs - (cs - xs)[new][np.cumsum(new) - 1]
+    if (cnts < 0).any():
+        raise RLEError("compressed counts decode to a negative run length",
+                         int(tok_str[np.argmax(cnts < 0)]))
+    total = np.add.reduceat(cnts, first_tok)
+    if (total != n_px).any():
+        i = int(np.flatnonzero(total != n_px)[0])
+        raise RLEError(f"counts sum to {int(total[i])} pixels, the image has {h} * {w} = {n_px}", i)
+    # Foreground runs (odd m), column-major 0-based starts.
+    cum = np.cumsum(cnts)
+    start = cum - cnts - np.repeat((cum - cnts)[first_tok], n_tok)
+    fg = ((m & 1) == 1) & (cnts > 0)
+    run_start, run_len, run_ann = start[fg], cnts[fg], tok_str[fg]
+    n_fg = int(run_len.sum())
+    if n_fg == 0:
+        return [""] * n
+    p = np.repeat(run_start - (np.cumsum(run_len) - run_len), run_len) + np.arange(n_fg)
+    pix = np.repeat(run_ann, run_len) * n_px + (p % h) * w + p // h  # annotation, row-major index
+    pix.sort()
+    ann = pix // n_px
+    brk = np.r_[True, (np.diff(pix) != 1) | (ann[1:] != ann[:-1])]
+    first = np.flatnonzero(brk)
+    lengths = np.diff(np.r_[first, n_fg])
+    pairs = np.empty(2 * first.size, np.int64)
+    pairs[0::2] = pix[first] % n_px + 1
+    pairs[1::2] = lengths
+    tokens = list(map(str, pairs.tolist()))
+    runs_per_ann = np.bincount(ann[first], minlength=n)
+    out, k = [], 0
+    for r in runs_per_ann.tolist():
+        out.append(" ".join(tokens[2 * k:2 * (k + r)]))
+        k += r
+    return out

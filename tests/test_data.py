@@ -395,10 +395,10 @@ def mask_sets(draw):
 @settings(max_examples=150, deadline=None)
 @given(mask_sets())
 def test_coco_to_kaggle_matches_pycocotools_decode(case):
-    """The fast private converter against the reference: coco_to_mask + rle.encode."""
+    """rle.coco_counts_to_kaggle (used by read_coco) against the reference: coco_to_mask + rle.encode."""
     shape, masks = case
     cocos = [rle.mask_to_coco(m) for m in masks]
-    got = data._coco_to_kaggle(cocos, shape)
+    got = rle.coco_counts_to_kaggle(cocos, shape)
     assert got == [rle.encode(rle.coco_to_mask(c, shape)) for c in cocos]
     assert got == [rle.encode(m) for m in masks]
 

@@ -1,0 +1,30 @@
+"""Shared fixtures: a small synthetic competition directory, made once per test session."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def run_module(*args, check=False, cwd=None):
+    """Run ``python -m <args>`` as a subprocess; returns CompletedProcess with text output."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd or REPO)
+    if check and done.returncode != 0:
+        raise AssertionError(f"python -m {' '.join(map(str, args))} exited {done.returncode}\n"
+                             f"{done.stdout}\n{done.stderr}")
+    return done
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    """A 14-train / 3-test synthetic competition directory at a reduced image size."""
+    from kit.synth import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("synth") / "data", n_train=14, n_test=3, seed=3,
+                        shape=(260, 352))

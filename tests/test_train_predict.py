@@ -1,0 +1,86 @@
+"""kit.train baseline -> model folder -> kit.predict -> validated submission, as subprocesses."""
+import json
+
+import pytest
+
+from kit.celltype import CellTypeClassifier, image_features, oof_accuracy
+from kit.data import read_competition_dir
+from tests.conftest import run_module
+
+
+@pytest.fixture(scope="module")
+def baseline_run(synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "baseline"
+    done = run_module("kit.train", "baseline", "--data", synth_dir, "--fold", 0, "--n-folds", 3,
+                      "--out", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    return out, done
+
+
+def test_train_writes_model_folder_and_oof(baseline_run, synth_dir):
+    out, done = baseline_run
+    for name in ("model.json", "celltype.joblib", "folds.csv", "oof.csv", "oof_score.json",
+                 "params.json", "train.log"):
+        assert (out / name).is_file(), name
+    events = [json.loads(line)["event"] for line in (out / "train.log").read_text().splitlines()]
+    assert events == ["split", "celltype", "oof"]
+    assert "MAP" in done.stdout and "held-out accuracy" in done.stdout
+    # the OOF file re-scored by kit.cv gives the number the trainer recorded
+    cv_json = out / "cv.json"
+    cv = run_module("kit.cv", "--gt", synth_dir / "train.csv", "--pred", out / "oof.csv",
+                    "--folds", out / "folds.csv", "--fold", 0, "--json", cv_json, "--quiet")
+    assert cv.returncode == 0, cv.stderr
+    assert json.loads(cv_json.read_text())["map"] == json.loads((out / "oof_score.json").read_text())["map"]
+
+
+def test_predict_writes_valid_submission(baseline_run, synth_dir, tmp_path):
+    out, _ = baseline_run
+    sub = tmp_path / "submission.csv"
+    done = run_module("kit.predict", "--model", out, "--images", synth_dir / "test",
+                      "--ids", synth_dir / "sample_submission.csv", "--out", sub, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert run_module("kit.submission", sub, "--data", synth_dir).returncode == 0
+    ids = [line.split(",")[0] for line in (synth_dir / "sample_submission.csv").read_text().splitlines()[1:]]
+    assert {line.split(",")[0] for line in sub.read_text().splitlines()[1:]} == set(ids)
+
+
+def test_predict_errors(baseline_run, synth_dir, tmp_path):
+    done = run_module("kit.predict", "--model", tmp_path, "--images", synth_dir / "test",
+                      "--out", tmp_path / "s.csv")
+    assert done.returncode == 1 and "no model.json" in done.stderr
+    (tmp_path / "model.json").write_text('{"type": "unet9000"}')
+    done = run_module("kit.predict", "--model", tmp_path, "--images", synth_dir / "test",
+                      "--out", tmp_path / "s.csv")
+    assert done.returncode == 1 and "unknown model type 'unet9000'" in done.stderr
+    assert "baseline" in done.stderr
+    # a model folder without a classifier needs --cell-types
+    out, _ = baseline_run
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "model.json").write_text((out / "model.json").read_text())
+    done = run_module("kit.predict", "--model", bare, "--images", synth_dir / "test",
+                      "--out", tmp_path / "s.csv")
+    assert done.returncode == 1 and "pass --cell-types" in done.stderr
+    assert not (tmp_path / "s.csv").exists()
+    done = run_module("kit.predict", "--model", bare, "--images", synth_dir / "test", "--cell-types",
+                      synth_dir / "test_labels.csv", "--out", tmp_path / "s.csv", "--quiet")
+    assert done.returncode == 0, done.stderr
+
+
+def test_cell_type_classifier_on_synthetic_images(tmp_path):
+    from kit.synth import make_dataset
+
+    comp = read_competition_dir(make_dataset(tmp_path / "d", n_train=40, n_test=10, seed=5,
+                                             shape=(260, 352)))
+    feats = [image_features(r.load_image()) for r in comp.train]
+    types = [r.cell_type for r in comp.train]
+    clf = CellTypeClassifier().fit_features(feats, types)
+    clf.save(tmp_path)
+    loaded = CellTypeClassifier.load(tmp_path)
+    test_pred = [loaded.predict(r.load_image()) for r in comp.test]
+    majority = max(types.count(t) for t in set(types)) / len(types)
+    assert sum(p == r.cell_type for p, r in zip(test_pred, comp.test)) / len(comp.test) > majority
+    acc, oof = oof_accuracy(feats, types, [r.sample_id for r in comp.train], n_splits=3)
+    assert len(oof) == len(types) and acc > majority
+    with pytest.raises(ValueError, match="unknown cell types"):
+        CellTypeClassifier().fit_features(feats[:2], ["cort", "neuron"])
