@@ -16,63 +16,122 @@ ERR_PAST_END = 5
 ERR_UNSORTED = 6
 
 
-@njit(cache=True, nogil=True)
-def label_runs(flat, max_label):
-    """Runs of every non-zero label of a flat label image, grouped by label, in ONE scan.
+CHUNK = 512  # pixels per block of change flags: the flags stay in L1
 
-    flat: (H*W,) integer labels >= 0 (checked by the caller); max_label: flat.max().
-    Returns (labels, ptr, starts, lengths): ``labels`` (K,) int64, the present labels
-    ascending; runs of ``labels[k]`` are ``starts[ptr[k]:ptr[k+1]]`` (0-based, ascending)
-    with ``lengths`` alongside.
+
+@njit(cache=True, nogil=True)
+def flag_changes(a0, a1, flags):
+    """flags[t] = a0[t] != a1[t]; plain slices so LLVM vectorises the loop."""
+    for t in range(a0.size):
+        flags[t] = np.uint8((a0[t] ^ a1[t]) != 0)
+
+
+@njit(cache=True, nogil=True)
+def _grow3(x, y, z, n, cap):
+    x2 = np.empty(cap, np.int64)
+    y2 = np.empty(cap, np.int64)
+    z2 = np.empty(cap, np.int64)
+    x2[:n] = x[:n]
+    y2[:n] = y[:n]
+    z2[:n] = z[:n]
+    return x2, y2, z2
+
+
+@njit(cache=True, nogil=True)
+def scan_runs(flat):
+    """Every non-zero run of a flat label image, in scan order, in ONE vectorised pass.
+
+    flat: (H*W,) integer labels. Change flags are computed CHUNK pixels at a time and read
+    8 at a time (a zero uint64 word = 8 pixels without a change), so the per-pixel work is
+    one vectorised compare. Returns (values, starts, lengths, lo, hi): int64 runs (0-based
+    starts) and the min / max label seen (0 included; lo < 0 flags negative labels).
     """
     n = flat.size
-    # Pass over the pixels: count runs per label (a run ends where the value changes).
-    counts = np.zeros(max_label + 1, np.int64)
-    i = 0
-    n_runs = 0
-    while i < n:
-        v = flat[i]
-        j = i + 1
-        while j < n and flat[j] == v:
-            j += 1
-        if v != 0:
-            counts[v] += 1
-            n_runs += 1
-        i = j
-    # Counting sort by label: offsets of each label's block of runs.
+    cap = 4096
+    vals = np.empty(cap, np.int64)
+    starts = np.empty(cap, np.int64)
+    lens = np.empty(cap, np.int64)
+    nr = 0
+    lo = np.int64(0)
+    hi = np.int64(0)
+    if n == 0:
+        return vals[:0], starts[:0], lens[:0], lo, hi
+    flags = np.zeros(CHUNK, np.uint8)
+    words = flags.view(np.uint64)
+    run_start = 0
+    v = np.int64(flat[0])
+    base = 1  # flags[t] set: pixel base + t starts a new run
+    while base < n:
+        m = min(CHUNK, n - base)
+        if nr + m + 1 > cap:
+            cap = 2 * (nr + m + 1)
+            vals, starts, lens = _grow3(vals, starts, lens, nr, cap)
+        flag_changes(flat[base - 1:base - 1 + m], flat[base:base + m], flags)
+        for t in range(m, CHUNK):
+            flags[t] = 0
+        for w in range((m + 7) // 8):
+            if words[w] == 0:
+                continue
+            for t in range(8 * w, 8 * w + 8):
+                if flags[t] == 0:
+                    continue
+                i = base + t
+                if v != 0:
+                    vals[nr] = v
+                    starts[nr] = run_start
+                    lens[nr] = i - run_start
+                    nr += 1
+                    lo = min(lo, v)
+                    hi = max(hi, v)
+                run_start = i
+                v = np.int64(flat[i])
+        base += m
+    if v != 0:
+        if nr + 1 > cap:
+            vals, starts, lens = _grow3(vals, starts, lens, nr, nr + 1)
+        vals[nr] = v
+        starts[nr] = run_start
+        lens[nr] = n - run_start
+        nr += 1
+        lo = min(lo, v)
+        hi = max(hi, v)
+    return vals[:nr], starts[:nr], lens[:nr], lo, hi
+
+
+@njit(cache=True, nogil=True)
+def group_runs(vals, starts, lens, max_label):
+    """Counting sort of runs (not pixels) by label; stable, so starts stay ascending.
+
+    Returns (labels, ptr, starts, lengths): ``labels`` (K,) the present labels ascending;
+    runs of ``labels[k]`` are ``starts[ptr[k]:ptr[k+1]]``.
+    """
+    counts = np.zeros(max_label + 2, np.int64)
+    for r in range(vals.size):
+        counts[vals[r] + 1] += 1
     n_labels = 0
     for v in range(1, max_label + 1):
-        if counts[v] > 0:
+        if counts[v + 1] > 0:
             n_labels += 1
     labels = np.empty(n_labels, np.int64)
-    ptr = np.empty(n_labels + 1, np.int64)
-    slot = np.zeros(max_label + 1, np.int64)
     k = 0
-    acc = 0
     for v in range(1, max_label + 1):
-        if counts[v] > 0:
+        if counts[v + 1] > 0:
             labels[k] = v
-            ptr[k] = acc
-            slot[v] = acc
-            acc += counts[v]
             k += 1
-    ptr[n_labels] = acc
-    starts = np.empty(n_runs, np.int64)
-    lengths = np.empty(n_runs, np.int64)
-    # Second scan fills each run into its label's block (starts stay ascending per label).
-    i = 0
-    while i < n:
-        v = flat[i]
-        j = i + 1
-        while j < n and flat[j] == v:
-            j += 1
-        if v != 0:
-            s = slot[v]
-            starts[s] = i
-            lengths[s] = j - i
-            slot[v] = s + 1
-        i = j
-    return labels, ptr, starts, lengths
+        counts[v + 1] += counts[v]
+    slot = counts
+    out_s = np.empty(vals.size, np.int64)
+    out_l = np.empty(vals.size, np.int64)
+    for r in range(vals.size):
+        s = slot[vals[r]]
+        out_s[s] = starts[r]
+        out_l[s] = lens[r]
+        slot[vals[r]] = s + 1
+    ptr = np.empty(n_labels + 1, np.int64)
+    ptr[0] = 0
+    for k in range(n_labels):
+        ptr[k + 1] = slot[labels[k]]
+    return labels, ptr, out_s, out_l
 
 
 @njit(cache=True, nogil=True)

@@ -84,8 +84,8 @@ def _as_runs(x, shape, name):
     return ptr, starts, lengths, int(shape[0]) * int(shape[1]), tuple(int(s) for s in shape)
 
 
-def _label_runs(labels):
-    present, ptr, starts, lengths = _rle._label_runs(labels)
+def _label_runs(labels, name):
+    _, ptr, starts, lengths = _rle._label_runs(labels, name)
     return ptr, starts, lengths, labels.size, labels.shape
 
 
@@ -102,28 +102,25 @@ def _pairs(gt, pred, shape):
             raise ValueError(f"gt ({g.shape}) and pred ({p.shape}) have different shapes")
         if shape is not None and tuple(shape) != g.shape:
             raise ValueError(f"shape {tuple(shape)} does not match the label images {g.shape}")
-        if max(int(g.max(initial=0)), int(p.max(initial=0))) >= 2**31:
-            g = _compact(g)
-            p = _compact(p)
-        a, b, c = _k.label_overlaps(g.reshape(-1), p.reshape(-1))
+        a, b, c, lo, hi = _k.label_overlaps(g.reshape(-1), p.reshape(-1))
+        if lo < 0 or hi >= 2**31:
+            for x, name in ((g, "gt"), (p, "pred")):
+                if np.issubdtype(x.dtype, np.signedinteger) and x.size and x.min() < 0:
+                    raise _rle.negative_labels_error(x, name)
+            a, b, c, _, _ = _k.label_overlaps(_rle.compact_labels(g)[0].reshape(-1),
+                                              _rle.compact_labels(p)[0].reshape(-1))
         area_a, area_b = _k.areas_from_pairs(a, b, c)
         return a, b, c, area_a, area_b
     if shape is None:  # a list of RLEs takes its shape from an array on the other side
         shape = next((x.shape[-2:] for x in (gt, pred) if isinstance(x, np.ndarray)), None)
-    ga = _label_runs(_rle.check_label_image(gt, "gt")) if _is_label_image(gt) else \
+    ga = _label_runs(_rle.check_label_image(gt, "gt"), "gt") if _is_label_image(gt) else \
         _as_runs(gt, shape, "gt")
-    pa = _label_runs(_rle.check_label_image(pred, "pred")) if _is_label_image(pred) else \
+    pa = _label_runs(_rle.check_label_image(pred, "pred"), "pred") if _is_label_image(pred) else \
         _as_runs(pred, shape, "pred")
     if ga[4] != pa[4]:
         raise ValueError(f"gt ({ga[4]}) and pred ({pa[4]}) have different shapes")
     a, b, c = _k.run_overlaps(ga[0], ga[1], ga[2], pa[0], pa[1], pa[2], ga[3])
     return a, b, c, _k.run_areas(ga[0], ga[2]), _k.run_areas(pa[0], pa[2])
-
-
-def _compact(labels):
-    uniq, inverse = np.unique(labels, return_inverse=True)
-    shift = 0 if uniq[0] == 0 else 1
-    return (inverse.reshape(labels.shape) + shift).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -111,7 +111,10 @@ def _error(err: int, line: int, tok: int, text: str, n_pixels: int) -> RLEError:
 
 
 def check_label_image(labels: np.ndarray, name: str = "labels") -> np.ndarray:
-    """Validate a 2-D integer/bool label image; return it C-contiguous (no copy if already)."""
+    """Check a label image's rank and dtype; return it C-contiguous (no copy if already).
+
+    Negative labels are caught by the scans that read the pixels anyway (no extra pass here).
+    """
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (H, W) label image, got shape {labels.shape}")
@@ -119,26 +122,40 @@ def check_label_image(labels: np.ndarray, name: str = "labels") -> np.ndarray:
         labels = labels.view(np.uint8)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{name} must have an integer or bool dtype, got {labels.dtype}")
-    if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
-        raise ValueError(f"{name} has negative labels (min {labels.min()}); labels must be >= 0")
     return np.ascontiguousarray(labels)
 
 
-def _label_runs(labels: np.ndarray):
-    """(labels_present, ptr, starts, lengths) of a validated label image (see _k.label_runs)."""
+def negative_labels_error(labels: np.ndarray, name: str) -> ValueError:
+    return ValueError(f"{name} has negative labels (min {labels.min()}); labels must be >= 0")
+
+
+def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(compact int64 labels of the same shape, original value of each compact label).
+
+    For label values too large for per-label tables; 0 stays background.
+    """
+    uniq, inverse = np.unique(labels, return_inverse=True)
+    shift = 0 if uniq[0] == 0 else 1
+    values = np.concatenate([[0], uniq]) if shift else uniq
+    return (inverse.reshape(labels.shape) + shift).astype(np.int64), values
+
+
+def _label_runs(labels: np.ndarray, name: str = "labels"):
+    """(labels_present, ptr, starts, lengths) of a checked label image, one vectorised scan.
+
+    Runs of ``labels_present[k]`` are ``starts[ptr[k]:ptr[k+1]]`` (0-based, ascending).
+    """
     flat = labels.reshape(-1)
-    if flat.size == 0:
-        z = np.zeros(0, np.int64)
-        return z, np.zeros(1, np.int64), z, z
-    max_label = int(flat.max())
-    if max_label > 4 * flat.size + 1024:
-        # Sparse huge label values: compact them first so the per-label tables stay small.
-        uniq, inverse = np.unique(flat, return_inverse=True)
-        shift = 0 if uniq[0] == 0 else 1  # compact label 0 must stay background
-        present, ptr, starts, lengths = _k.label_runs(
-            inverse.astype(np.int64) + shift, len(uniq) - 1 + shift)
-        return uniq[present - shift].astype(np.int64), ptr, starts, lengths
-    return _k.label_runs(flat, max_label)
+    vals, starts, lengths, lo, hi = _k.scan_runs(flat)
+    if lo < 0 and np.issubdtype(labels.dtype, np.signedinteger):
+        raise negative_labels_error(labels, name)
+    if lo < 0 or hi > 4 * flat.size + 1024:
+        # Huge label values (or uint64 past int64): compact them so per-label tables stay small.
+        compact, values = compact_labels(flat)
+        vals, starts, lengths, _, hi = _k.scan_runs(compact)
+        present, ptr, starts, lengths = _k.group_runs(vals, starts, lengths, hi)
+        return values[present], ptr, starts, lengths
+    return _k.group_runs(vals, starts, lengths, hi)
 
 
 def _texts(ptr, starts, lengths) -> list[str]:
@@ -153,8 +170,7 @@ def encode_labels(labels: np.ndarray) -> list[str]:
     One scan over the image encodes every instance (never one full-image scan per instance).
     Background is 0; labels need not be sequential; bool images give one RLE (or none).
     """
-    labels = check_label_image(labels)
-    _, ptr, starts, lengths = _label_runs(labels)
+    _, ptr, starts, lengths = _label_runs(check_label_image(labels))
     return _texts(ptr, starts, lengths)
 
 

@@ -167,3 +167,18 @@ def test_shape_mismatch_errors():
         metric.image_score(["1 1"], ["1 1"])
     with pytest.raises(ValueError, match="past the image end"):
         metric.image_score(["1 1"], ["20 10"], (4, 5))
+
+
+@pytest.mark.parametrize("shape", [(1, 511), (1, 513), (3, 1030), (37, 29)])
+def test_chunk_edges_and_label_ranges(shape):
+    rng = np.random.default_rng(sum(shape))
+    gt = np.repeat(rng.integers(0, 6, (shape[0], shape[1] // 5 + 1)), 5, axis=1)[:, :shape[1]]
+    pred = np.roll(gt, 2, axis=1)
+    pred[:, :3] = 0
+    expected = brute_force(labels_to_stack(gt), labels_to_stack(pred))
+    assert metric.image_score(gt, pred).score == pytest.approx(expected, abs=1e-12)
+    # huge and unsigned labels are compacted, the score does not change
+    assert metric.image_score(gt.astype(np.int64) * 2**40, pred.astype(np.uint64) * 2**61).score == \
+        pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="pred has negative labels"):
+        metric.image_score(gt, -pred.astype(np.int32))

@@ -146,3 +146,18 @@ def test_coco_round_trip_is_column_major():
                             (5, 7)).sum() == 2
     with pytest.raises(ValueError, match="does not match"):
         rle.coco_to_mask(coco, (7, 5))
+
+
+@pytest.mark.parametrize("shape", [(1, 511), (1, 512), (1, 513), (1, 1025), (3, 5000), (64, 64)])
+@pytest.mark.parametrize("n_labels", [2, 3, 50, 5000])
+def test_chunk_edges_against_reference(shape, n_labels):
+    """The scan works on blocks of 512 pixels read 8 at a time: probe every block edge."""
+    rng = np.random.default_rng(n_labels)
+    for labels in (rng.integers(0, n_labels, shape),
+                   np.repeat(rng.integers(0, n_labels, (shape[0], shape[1] // 7 + 1)), 7, axis=1)[:, :shape[1]]):
+        for dtype in (np.uint8, np.uint16, np.int32, np.int64):
+            if labels.max() > np.iinfo(dtype).max:
+                continue
+            lab = labels.astype(dtype)
+            present = [v for v in np.unique(lab) if v]
+            assert rle.encode_labels(lab) == [reference_encode(lab == v) for v in present]
