@@ -9,6 +9,8 @@ pairs, so a label-image pair costs one scan of the pixels and memory O(#pairs).
 import numpy as np
 from numba import njit
 
+from kit._rle_numba import lowest_set_byte
+
 CHUNK = 512  # pixels per block of change flags: flags stay in L1, the hash table small
 N_THRESHOLDS = 10  # t_k = (10 + k) / 20 for k = 0..9, i.e. 0.50, 0.55, ..., 0.95
 _EMPTY = -1
@@ -106,12 +108,10 @@ def label_overlaps(gt, pred):
         for t in range(m, CHUNK):
             flags[t] = 0
         for w in range((m + 7) // 8):
-            if words[w] == 0:
-                continue
-            for t in range(8 * w, 8 * w + 8):
-                if flags[t] == 0:
-                    continue
-                i = base + t
+            wd = words[w]
+            while wd != 0:
+                i = base + 8 * w + lowest_set_byte(wd)
+                wd &= wd - np.uint64(1)
                 lo = min(lo, min(g, p))
                 hi = max(hi, max(g, p))
                 used = _add(keys, vals, (g << 32) | p, i - run_start, used)

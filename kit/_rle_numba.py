@@ -26,6 +26,20 @@ def flag_changes(a0, a1, flags):
         flags[t] = np.uint8((a0[t] ^ a1[t]) != 0)
 
 
+_BYTES_01 = np.uint64(0x0101010101010101)
+
+
+@njit(cache=True, nogil=True)
+def lowest_set_byte(word):
+    """Index (0..7) of the lowest non-zero byte of a non-zero uint64 of 0/1 bytes.
+
+    ``word & -word`` keeps the lowest set bit, at bit 8k; minus one leaves k bytes of 0xFF,
+    and the byte-sum multiply counts them. Branch-free and portable (no intrinsics).
+    """
+    low = word & (~word + np.uint64(1))
+    return np.int64((((low - np.uint64(1)) & _BYTES_01) * _BYTES_01) >> np.uint64(56))
+
+
 @njit(cache=True, nogil=True)
 def _grow3(x, y, z, n, cap):
     x2 = np.empty(cap, np.int64)
@@ -70,12 +84,10 @@ def scan_runs(flat):
         for t in range(m, CHUNK):
             flags[t] = 0
         for w in range((m + 7) // 8):
-            if words[w] == 0:
-                continue
-            for t in range(8 * w, 8 * w + 8):
-                if flags[t] == 0:
-                    continue
-                i = base + t
+            wd = words[w]
+            while wd != 0:
+                i = base + 8 * w + lowest_set_byte(wd)
+                wd &= wd - np.uint64(1)
                 if v != 0:
                     vals[nr] = v
                     starts[nr] = run_start

@@ -1,0 +1,18 @@
+"""Kaggle inference kernel (internet OFF): install the kit from the bundle, write submission.csv.
+
+Push: kaggle kernels push -p kernels/infer. Locally: python kernels/infer/infer.py --bundle B --data D --out O
+"""
+import argparse
+import os
+import subprocess
+import sys
+
+pre = argparse.ArgumentParser(add_help=False)
+pre.add_argument("--bundle", default=os.environ.get("KIT_BUNDLE", "/kaggle/input/sartorius-kit-bundle"))
+BUNDLE = pre.parse_known_args()[0].bundle
+if subprocess.run([sys.executable, os.path.join(BUNDLE, "install.py"), "--bundle", BUNDLE]).returncode:
+    sys.exit("installing the kit from the bundle failed")
+
+from kit.kaggle_kernel import infer  # noqa: E402  (importable only after the install above)
+
+sys.exit(infer())

@@ -1,0 +1,81 @@
+"""The submission path with the network off, as on Kaggle, end to end.
+
+1. a model folder trained on synthetic data, then ``build_bundle.py`` (wheels may be downloaded);
+2. a fresh virtual environment holding only what a Kaggle image already has
+   (kit/kaggle_has.txt names, versions of wheels/inference.txt), installed from the registry;
+3. with the network removed (``unshare -n``: a new network namespace with no interface but a
+   down loopback; where unshare is not permitted, pip gets ``--no-index`` and proxies pointing
+   to a closed port instead — the test prints which), ``install.py`` installs the bundle and
+   ``kernels/infer/infer.py`` writes submission.csv for the synthetic test images;
+4. ``kit.submission`` validates it and ``kit.cv`` scores it against the synthetic test labels.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kit import bundle
+from tests.conftest import REPO, run_module
+
+pytestmark = pytest.mark.e2e
+
+
+def _offline_prefix() -> tuple[list[str], dict, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
+        return ["unshare", "-n"], env, "unshare -n (no network namespace interfaces)"
+    dead = "http://127.0.0.1:9"
+    env.update(http_proxy=dead, https_proxy=dead, HTTP_PROXY=dead, HTTPS_PROXY=dead,
+               PIP_NO_INDEX="1")
+    return [], env, "pip --no-index with proxies to a closed port (unshare not permitted)"
+
+
+@pytest.fixture(scope="module")
+def kaggle_env(tmp_path_factory):
+    """A venv with only the Kaggle image's packages (pinned like the kit's stack)."""
+    venv = tmp_path_factory.mktemp("kaggle-env") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    has = bundle.read_names(bundle.KAGGLE_HAS)
+    pins = [f"{n}=={v}" for n, v in bundle.read_pins(bundle.INFERENCE_REQUIREMENTS).items() if n in has]
+    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                           "--disable-pip-version-check", *pins], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return venv / "bin" / "python"
+
+
+def test_offline_install_and_inference_kernel(synth_dir, kaggle_env, tmp_path):
+    model = tmp_path / "models" / "baseline"
+    assert run_module("kit.train", "baseline", "--data", synth_dir, "--fold", 0, "--n-folds", 3,
+                      "--out", model, "--quiet").returncode == 0
+    out_bundle = tmp_path / "bundle"
+    done = subprocess.run([sys.executable, str(REPO / "build_bundle.py"), "--weights", str(model),
+                           "--out", str(out_bundle), "--wheel-cache", str(tmp_path / "wheels")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+
+    # the Kaggle-like env has no kit and no cellpose before the install
+    probe = subprocess.run([str(kaggle_env), "-c", "import kit"], capture_output=True, cwd=tmp_path)
+    assert probe.returncode != 0
+    prefix, env, how = _offline_prefix()
+    print(f"network off via: {how}")
+    work = tmp_path / "working"
+    done = subprocess.run([*prefix, str(kaggle_env), str(REPO / "kernels" / "infer" / "infer.py"),
+                           "--bundle", str(out_bundle), "--data", str(synth_dir), "--out", str(work)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "installed 8 wheels" in done.stdout and "valid (" in done.stdout
+    # what got imported came from the bundle's wheels, inside the Kaggle-like env
+    where = subprocess.run([str(kaggle_env), "-c", "import importlib.metadata as m, kit, cellpose; print(kit.__file__, m.version('cellpose'))"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert str(kaggle_env.parents[1]) in where.stdout and "3.1.1.3" in where.stdout
+
+    submission = work / "submission.csv"
+    assert run_module("kit.submission", submission, "--data", synth_dir).returncode == 0
+    cv_json = tmp_path / "cv.json"
+    done = run_module("kit.cv", "--gt", synth_dir / "test_labels.csv", "--pred", submission,
+                      "--json", cv_json, "--quiet")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(cv_json.read_text())
+    assert result["n_images"] == 3 and result["missing_ids"] == [] and 0.0 <= result["map"] <= 1.0
