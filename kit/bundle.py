@@ -208,6 +208,38 @@ def build(weights: list[Path], out: Path, slug: str, title: str, cache: Path,
     return manifest
 
 
+def make_kaggle_like_env(venv: Path) -> Path:
+    """A fresh venv holding only what a Kaggle image has (``kaggle_has.txt`` names, versions of
+    ``wheels/inference.txt``), installed from the registry. Returns its python. Re-used if present."""
+    python = venv / "bin" / "python"
+    stamp = venv / ".kaggle-like"
+    if stamp.is_file():
+        return python
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    has = read_names(KAGGLE_HAS)
+    pins = [f"{n}=={v}" for n, v in read_pins(INFERENCE_REQUIREMENTS).items() if n in has]
+    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *pins],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BuildError(f"installing the Kaggle-like environment failed:\n{done.stderr.strip()[-800:]}")
+    stamp.write_text("\n".join(pins) + "\n")
+    return python
+
+
+def offline_command() -> tuple[list[str], dict, str]:
+    """(command prefix, environment, description) that run a command with the network off.
+
+    ``unshare -n`` (a new network namespace: no interface but a down loopback) where permitted;
+    otherwise pip gets ``--no-index`` and every proxy points to a closed local port.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
+        return ["unshare", "-n"], env, "unshare -n (new network namespace, no interfaces up)"
+    dead = "http://127.0.0.1:9"
+    env.update(http_proxy=dead, https_proxy=dead, HTTP_PROXY=dead, HTTPS_PROXY=dead, PIP_NO_INDEX="1")
+    return [], env, "pip --no-index with proxies to a closed port (unshare not permitted)"
+
+
 def upload(out: Path, slug: str, message: str) -> str:
     """Create the Kaggle dataset, or a new version when it exists (zip mode keeps folders)."""
     from kaggle.api.kaggle_api_extended import KaggleApi

@@ -10,7 +10,6 @@
 4. ``kit.submission`` validates it and ``kit.cv`` scores it against the synthetic test labels.
 """
 import json
-import os
 import subprocess
 import sys
 
@@ -22,27 +21,10 @@ from tests.conftest import REPO, run_module
 pytestmark = pytest.mark.e2e
 
 
-def _offline_prefix() -> tuple[list[str], dict, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
-        return ["unshare", "-n"], env, "unshare -n (no network namespace interfaces)"
-    dead = "http://127.0.0.1:9"
-    env.update(http_proxy=dead, https_proxy=dead, HTTP_PROXY=dead, HTTPS_PROXY=dead,
-               PIP_NO_INDEX="1")
-    return [], env, "pip --no-index with proxies to a closed port (unshare not permitted)"
-
-
 @pytest.fixture(scope="module")
 def kaggle_env(tmp_path_factory):
     """A venv with only the Kaggle image's packages (pinned like the kit's stack)."""
-    venv = tmp_path_factory.mktemp("kaggle-env") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    has = bundle.read_names(bundle.KAGGLE_HAS)
-    pins = [f"{n}=={v}" for n, v in bundle.read_pins(bundle.INFERENCE_REQUIREMENTS).items() if n in has]
-    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-                           "--disable-pip-version-check", *pins], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return venv / "bin" / "python"
+    return bundle.make_kaggle_like_env(tmp_path_factory.mktemp("kaggle-env") / "venv")
 
 
 def test_offline_install_and_inference_kernel(synth_dir, kaggle_env, tmp_path):
@@ -58,7 +40,7 @@ def test_offline_install_and_inference_kernel(synth_dir, kaggle_env, tmp_path):
     # the Kaggle-like env has no kit and no cellpose before the install
     probe = subprocess.run([str(kaggle_env), "-c", "import kit"], capture_output=True, cwd=tmp_path)
     assert probe.returncode != 0
-    prefix, env, how = _offline_prefix()
+    prefix, env, how = bundle.offline_command()
     print(f"network off via: {how}")
     work = tmp_path / "working"
     done = subprocess.run([*prefix, str(kaggle_env), str(REPO / "kernels" / "infer" / "infer.py"),
