@@ -80,8 +80,8 @@ def label_overlaps(gt, pred):
 
     Change flags of the pair (gt, pred) are computed CHUNK pixels at a time and read 8 at a
     time, so only pixels where a run of equal pairs ends cost more than a compare.
-    Returns (a, b, count, lo, hi): every distinct (gt label, pred label) pair, background 0
-    included, with its pixel count (int64), and the min / max label of both images
+    Returns (a, b, count, lo, hi): every distinct (gt label, pred label) pair but (0, 0),
+    background 0 included, with its pixel count (int64), and the min / max label of both images
     (lo < 0: negative labels; labels >= 2**31 do not fit the key and must be compacted).
     """
     keys = np.full(1024, _EMPTY, np.int64)
@@ -112,9 +112,10 @@ def label_overlaps(gt, pred):
             while wd != 0:
                 i = base + 8 * w + lowest_set_byte(wd)
                 wd &= wd - np.uint64(1)
-                lo = min(lo, min(g, p))
-                hi = max(hi, max(g, p))
-                used = _add(keys, vals, (g << 32) | p, i - run_start, used)
+                if g != p or g != 0:  # background/background runs count for nothing
+                    lo = min(lo, min(g, p))
+                    hi = max(hi, max(g, p))
+                    used = _add(keys, vals, (g << 32) | p, i - run_start, used)
                 run_start = i
                 g = np.int64(gt[i])
                 p = np.int64(pred[i])
