@@ -3,12 +3,15 @@
 Runs the kit's command-line tools one after another, as a user would, on a synthetic
 competition directory made by :mod:`kit.synth` (no download, no real data needed):
 
-1. ``kit.synth``       -> OUT/data (train.csv, train/, test/, sample_submission.csv, test_labels.csv)
-2. ``kit.train baseline`` on fold 0 -> OUT/models/baseline (model folder, oof.csv, oof_score.json)
-3. ``kit.cv``          -> out-of-fold table of the baseline (OUT/cv_baseline_oof.json)
-4. ``kit.predict``     -> OUT/submission.csv for the test images (cell types from the classifier)
-5. ``kit.submission``  -> validates it
-6. ``kit.cv``          -> scores the submission against the synthetic test labels
+1. ``kit.synth``      -> OUT/data (train.csv, train/, test/, sample_submission.csv, test_labels.csv)
+2. ``kit.train``      -> OUT/models/{baseline,cellpose,maskrcnn}: fold 0 held out, short CPU training
+                         (``--budget`` minutes each, CPU configs), OOF predictions and their score
+3. ``kit.cv``         -> the out-of-fold table of every model (OUT/cv_<model>_oof.json)
+4. ``build_bundle.py``-> OUT/bundle: kit wheel, vendored wheels, all model folders, MANIFEST.json
+5. a Kaggle-like venv (only what a Kaggle image has) at OUT/kaggle-env, then with the network
+   off (``unshare -n``): ``kernels/infer/infer.py`` installs the bundle and writes
+   OUT/working/submission.csv with the model of best OOF MAP, and validates it
+6. ``kit.cv``         -> the submission scored against the synthetic test labels
 
 Each step's exit status is checked; the first failure stops the demo with its code.
 """
@@ -32,41 +35,82 @@ def _step(title: str, *args: str) -> None:
     print(f"--- {title}: {time.perf_counter() - start:.1f} s", flush=True)
 
 
+REPO = Path(__file__).resolve().parents[1]
+CPU_CONFIGS = {"cellpose": "cellpose_cpu.yaml", "maskrcnn": "maskrcnn_cpu_demo.yaml"}
+
+
+def _run(title: str, cmd: list[str], env=None) -> None:
+    print(f"\n=== {title}\n$ {' '.join(map(str, cmd))}", flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(list(map(str, cmd)), env=env)
+    if done.returncode != 0:
+        print(f"demo: step '{title}' failed with exit code {done.returncode}", file=sys.stderr)
+        raise SystemExit(done.returncode)
+    print(f"--- {title}: {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def _best_model(out: Path, models: list[str]) -> str:
+    import json
+
+    maps = {m: json.loads((out / f"cv_{m}_oof.json").read_text())["map"] for m in models}
+    print("\nOOF MAP: " + ", ".join(f"{m} {v:.4f}" for m, v in maps.items()))
+    return max(maps, key=maps.get)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kit.demo", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for every artefact")
-    parser.add_argument("--n-train", type=int, default=40, help="synthetic train images")
-    parser.add_argument("--n-test", type=int, default=6, help="synthetic test images")
+    parser.add_argument("--n-train", type=int, default=30, help="synthetic train images")
+    parser.add_argument("--n-test", type=int, default=4, help="synthetic test images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    parser.add_argument("--budget", type=float, default=3.0, help="training minutes per trained model")
+    parser.add_argument("--models", nargs="+", default=["baseline", "cellpose", "maskrcnn"],
+                        choices=["baseline", "cellpose", "maskrcnn"], help="models to train and bundle")
+    parser.add_argument("--no-offline", action="store_true",
+                        help="stop after the bundle (no Kaggle-like env, no offline kernel run)")
     parser.add_argument("--fresh", action="store_true", help="delete --out first")
     args = parser.parse_args(argv)
 
-    out: Path = args.out
+    out: Path = args.out.resolve()
     if args.fresh and out.exists():
         shutil.rmtree(out)
-    data, model = out / "data", out / "models" / "baseline"
+    data = out / "data"
     if not (data / "train.csv").is_file():
         _step("synthetic competition data", "kit.synth", str(data), "--n-train", str(args.n_train),
-              "--n-test", str(args.n_test), "--seed", str(args.seed))
-    _step("train baseline (fold 0) and score out of fold", "kit.train", "baseline",
-          "--data", str(data), "--fold", "0", "--out", str(model))
-    _step("kit.cv on the baseline's out-of-fold predictions", "kit.cv", "--gt", str(data / "train.csv"),
-          "--pred", str(model / "oof.csv"), "--folds", str(model / "folds.csv"), "--fold", "0",
-          "--json", str(out / "cv_baseline_oof.json"), "--quiet")
-    _step("predict the test images", "kit.predict", "--model", str(model), "--images",
-          str(data / "test"), "--ids", str(data / "sample_submission.csv"),
-          "--out", str(out / "submission.csv"), "--quiet")
-    _step("validate submission.csv", "kit.submission", str(out / "submission.csv"), "--data", str(data))
-    _step("score submission.csv against the synthetic test labels", "kit.cv",
-          "--gt", str(data / "test_labels.csv"), "--pred", str(out / "submission.csv"),
-          "--json", str(out / "cv_submission.json"), "--quiet")
+              "--n-test", str(args.n_test), "--seed", str(args.seed), "--no-progress")
+    for model in args.models:
+        folder = out / "models" / model
+        extra = [] if model == "baseline" else [
+            "--config", str(REPO / "kit" / "configs" / CPU_CONFIGS[model]), "--time-budget", str(args.budget)]
+        _step(f"train {model} (fold 0 held out) and score out of fold", "kit.train", model,
+              "--data", str(data), "--fold", "0", "--n-folds", "4", "--out", str(folder), *extra, "--quiet")
+        _step(f"kit.cv on {model}'s out-of-fold predictions", "kit.cv", "--gt", str(data / "train.csv"),
+              "--pred", str(folder / "oof.csv"), "--folds", str(folder / "folds.csv"), "--fold", "0",
+              "--json", str(out / f"cv_{model}_oof.json"), "--quiet")
+    best = _best_model(out, args.models)
+    bundle_dir = out / "bundle"
+    _run("build the bundle", [sys.executable, REPO / "build_bundle.py", "--weights",
+                              *[out / "models" / m for m in args.models], "--out", bundle_dir])
+    artefacts = [("synthetic data", data), ("model folders", out / "models"),
+                 ("OOF scores (JSON)", out / "cv_<model>_oof.json"), ("bundle", bundle_dir)]
+    if not args.no_offline:
+        from kit.bundle import make_kaggle_like_env, offline_command
+
+        print("\n=== Kaggle-like environment (first time: a few minutes)", flush=True)
+        python = make_kaggle_like_env(out / "kaggle-env")
+        prefix, env, how = offline_command()
+        work = out / "working"
+        _run(f"inference kernel, network off via {how}, model {best}",
+             [*prefix, python, REPO / "kernels" / "infer" / "infer.py", "--bundle", bundle_dir,
+              "--data", data, "--out", work, "--model", best], env=env)
+        _step("score submission.csv against the synthetic test labels", "kit.cv",
+              "--gt", str(data / "test_labels.csv"), "--pred", str(work / "submission.csv"),
+              "--json", str(out / "cv_submission.json"), "--quiet")
+        artefacts += [("Kaggle-like venv", out / "kaggle-env"), ("submission", work / "submission.csv"),
+                      ("submission scores (JSON)", out / "cv_submission.json")]
     print("\nArtefacts:")
-    for label, path in [("synthetic data", data), ("baseline model folder", model),
-                        ("baseline OOF predictions", model / "oof.csv"),
-                        ("OOF scores (JSON)", out / "cv_baseline_oof.json"),
-                        ("submission", out / "submission.csv"),
-                        ("submission scores (JSON)", out / "cv_submission.json")]:
+    for label, path in artefacts:
         print(f"  {label:<26} {path}")
     return 0
 

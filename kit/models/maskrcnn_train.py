@@ -1,0 +1,337 @@
+"""Mask R-CNN training loop: ``python -m kit.train maskrcnn --data DIR --fold K --out DIR ...``.
+
+Stages (the seed's transfer recipe): with ``--livecell JSON --livecell-images DIR`` first
+``train.livecell_epochs`` on LIVECell (classes = cell lines from the file-name prefix, or one
+``cell`` class), then ``train.epochs`` on the Sartorius training fold, starting from the
+LIVECell weights with the class-specific heads re-initialised. ``--pretrained FILE`` (torchvision,
+kit or detectron2 weights, :func:`kit.models.maskrcnn.load_pretrained`) initialises the first
+stage. Nothing is downloaded.
+
+Per iteration: flips/rot90 + multi-scale (+ optional random crop) samples
+(:mod:`kit.models.maskrcnn_data`), SGD or AdamW with linear warm-up then cosine/step decay,
+AMP on CUDA, gradient clipping; a non-finite loss skips the step (``max_nonfinite`` in a row
+abort the run). Files in ``--out``:
+
+* ``train_iter.csv`` -- one row per iteration: stage, epoch, iteration, lr, every loss, grad
+  norm, finite flag, instances in the batch, seconds;
+* ``checkpoints/last.pt`` -- written after every epoch (model, optimizer, AMP scaler, stage,
+  epoch, iteration, best score): ``--resume`` continues from it;
+* ``eval.csv`` -- held-out MAP (:mod:`kit.metric`) every ``train.eval_every`` epochs and after
+  the last; the best epoch's weights are the model folder's ``model.pt`` + ``model.json``.
+  A held-out image without predictions scores 0 (the metric's rule), so the MAP is never NaN;
+  with no held-out images the last epoch is kept;
+* ``livecell_model.pt`` -- the LIVECell stage's final weights; ``train.log`` events.
+
+``--time-budget MINUTES`` stops a stage after the first epoch that ends past the budget
+(counted from the start of the run; each stage trains at least one epoch), evaluates, saves
+the checkpoint and scores the best model; ``--resume`` continues later.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kit.models.maskrcnn import MaskRCNNConfig, MaskRCNNModel, build_network, load_config, load_pretrained
+
+__all__ = ["fit", "lr_at", "evaluate", "livecell_classes"]
+
+ITER_COLUMNS = ["stage", "epoch", "iteration", "lr", "loss", "loss_classifier", "loss_box_reg",
+                "loss_mask", "loss_objectness", "loss_rpn_box_reg", "grad_norm", "finite",
+                "n_instances", "seconds"]
+EVAL_COLUMNS = ["stage", "epoch", "iteration", "map", "shsy5y", "astro", "cort", "n_images",
+                "n_pred", "seconds", "best"]
+
+
+def lr_at(it: int, total: int, tcfg) -> float:
+    """Learning rate at stage iteration ``it`` of ``total``: linear warm-up, then the schedule."""
+    base = tcfg.lr
+    if tcfg.schedule == "cosine":
+        frac = min(it / max(total, 1), 1.0)
+        lr = base * 0.5 * (1.0 + math.cos(math.pi * frac))
+    elif tcfg.schedule == "step":
+        lr = base * 0.1 ** sum(it >= s * total for s in tcfg.steps)
+    else:
+        lr = base
+    if it < tcfg.warmup_iters:
+        alpha = it / tcfg.warmup_iters
+        lr *= tcfg.warmup_factor * (1 - alpha) + alpha
+    return lr
+
+
+def livecell_classes(records, mode: str) -> tuple[list[str], dict[str, int]]:
+    """LIVECell class names and ``record id -> label`` (cell line = file-name prefix)."""
+    if mode == "single":
+        return ["cell"], {r.id: 1 for r in records}
+    names = sorted({r.id.split("_")[0] for r in records})
+    return names, {r.id: names.index(r.id.split("_")[0]) + 1 for r in records}
+
+
+class _CSV:
+    def __init__(self, path: Path, columns):
+        self.path, self.columns = path, columns
+        if not path.exists():
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(columns)
+
+    def __call__(self, **row):
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([_fmt(row.get(c, "")) for c in self.columns])
+
+
+def _fmt(v):
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def evaluate(model: MaskRCNNModel, records) -> dict:
+    """Held-out MAP of ``model`` on ``records`` (true cell types passed; ``cell_type: vote``
+    models ignore them). An image without predictions scores 0, never NaN."""
+    from kit import metric
+
+    scores, n_pred = [], 0
+    for rec in records:
+        labels = model.predict(rec.load_image(), rec.cell_type)
+        n_pred += int(len(np.unique(labels)) - (labels.min() == 0 if labels.size else 0))
+        scores.append(metric.image_score(list(rec.rles), labels, rec.shape, id=rec.id,
+                                         cell_type=rec.cell_type))
+    summary = metric.summarize(scores)
+    value = float(summary.map) if scores else 0.0
+    by = {k: float(v.map) for k, v in summary.by_cell_type.items()} if scores else {}
+    return {"map": value if math.isfinite(value) else 0.0, "by_cell_type": by,
+            "n_images": len(scores), "n_pred": n_pred}
+
+
+def _device(tcfg):
+    import torch
+
+    if tcfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but torch sees no CUDA device")
+    if tcfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(tcfg.device)
+
+
+def _optimizer(net, tcfg):
+    import torch
+
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)  # norms and biases: no weight decay
+    groups = [{"params": decay, "weight_decay": tcfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if tcfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=tcfg.lr)
+    return torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum)
+
+
+def _atomic_save(obj, path: Path):
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+class _Trainer:
+    def __init__(self, cfg: MaskRCNNConfig, out: Path, log, device):
+        self.cfg, self.out, self.log, self.device = cfg, out, log, device
+        self.iter_csv = _CSV(out / "train_iter.csv", ITER_COLUMNS)
+        self.eval_csv = _CSV(out / "eval.csv", EVAL_COLUMNS)
+        self.ckpt = out / "checkpoints" / "last.pt"
+
+    def run_stage(self, stage: str, records, classes, label_of, epochs: int, *, init=None,
+                  resume=None, held_out=(), best=None, deadline=None):
+        """Train one stage; returns the best-eval record ``{"map", "epoch"}`` (or None)."""
+        import torch
+
+        from kit.models.maskrcnn_data import InstanceDataset, collate
+
+        cfg, tcfg = self.cfg, self.cfg.train
+        mcfg = dataclasses.replace(cfg.model, classes=tuple(classes))
+        stage_cfg = dataclasses.replace(cfg, model=mcfg)
+        net = build_network(mcfg).to(self.device)
+        opt = _optimizer(net, tcfg)
+        use_amp = tcfg.amp and self.device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        start_epoch, iteration = 0, 0
+        if resume is not None:
+            net.load_state_dict(resume["model"])
+            opt.load_state_dict(resume["optimizer"])
+            if resume.get("scaler"):
+                scaler.load_state_dict(resume["scaler"])
+            start_epoch, iteration = int(resume["epoch"]), int(resume["iteration"])
+            best = resume.get("best")
+            self.log("resume", stage=stage, epoch=start_epoch, iteration=iteration)
+        elif init is not None:
+            report = load_pretrained(net, init, list(classes))
+            self.log("pretrained", stage=stage, **report)
+        ds = InstanceDataset(records, label_of, mcfg.train_min_sizes, mcfg.train_max_size,
+                             crop=tcfg.crop, hflip=tcfg.hflip, vflip=tcfg.vflip, rot90=tcfg.rot90,
+                             seed=tcfg.seed)
+        per_epoch = math.ceil(len(ds) / tcfg.batch_size)
+        if tcfg.max_iters_per_epoch:
+            per_epoch = min(per_epoch, tcfg.max_iters_per_epoch) if per_epoch else 0
+        total = per_epoch * epochs
+        self.log("stage", stage=stage, n_images=len(ds), classes=list(classes), epochs=epochs,
+                 iters_per_epoch=per_epoch, start_epoch=start_epoch, device=str(self.device))
+        params = [p for p in net.parameters() if p.requires_grad]
+        nonfinite = 0
+        for epoch in range(start_epoch, epochs):
+            ds.set_epoch(epoch)
+            gen = torch.Generator().manual_seed(tcfg.seed * 1000 + epoch)
+            loader = torch.utils.data.DataLoader(
+                ds, batch_size=tcfg.batch_size, shuffle=True, generator=gen, collate_fn=collate,
+                num_workers=tcfg.num_workers, drop_last=False)
+            net.train()
+            t_epoch = time.time()
+            for step, (images, targets) in enumerate(loader):
+                if step >= per_epoch:
+                    break
+                t0 = time.time()
+                lr = lr_at(epoch * per_epoch + step, total, tcfg)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                images = [im.to(self.device, non_blocking=True) for im in images]
+                targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
+                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=use_amp):
+                    losses = net(images, targets)
+                loss = sum(losses.values())
+                finite = bool(torch.isfinite(loss))
+                grad_norm = float("nan")
+                opt.zero_grad(set_to_none=True)
+                if finite:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
+                    gn = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
+                    grad_norm = float(gn)
+                    # With AMP an overflow (inf grad) is the scaler's business: it skips the step
+                    # and lowers the scale. Without AMP a non-finite grad skips the step here.
+                    finite = math.isfinite(grad_norm) or use_amp
+                    if finite:
+                        scaler.step(opt)
+                    scaler.update()
+                nonfinite = 0 if finite else nonfinite + 1
+                iteration += 1
+                self.iter_csv(stage=stage, epoch=epoch, iteration=iteration, lr=lr,
+                              loss=float(loss.detach()),
+                              **{k: float(v.detach()) for k, v in losses.items()},
+                              grad_norm=grad_norm, finite=int(finite),
+                              n_instances=sum(len(t["boxes"]) for t in targets),
+                              seconds=round(time.time() - t0, 3))
+                if nonfinite >= tcfg.max_nonfinite:
+                    self.log("error", stage=stage, message=f"{nonfinite} non-finite losses in a row")
+                    raise RuntimeError(f"training diverged: {nonfinite} non-finite losses in a row "
+                                       f"(stage {stage}, iteration {iteration}); lower train.lr or "
+                                       f"raise train.warmup_iters")
+            done = epoch + 1
+            self.log("epoch", stage=stage, epoch=done, iteration=iteration,
+                     seconds=round(time.time() - t_epoch, 1))
+            out_of_time = deadline is not None and time.time() >= deadline and done < epochs
+            if stage == "sartorius" and held_out and (done % tcfg.eval_every == 0 or done == epochs
+                                                      or out_of_time):
+                best = self._evaluate(stage_cfg, net, held_out, stage, done, iteration, best)
+            _atomic_save({"stage": stage, "epoch": done, "iteration": iteration,
+                          "model": net.state_dict(), "optimizer": opt.state_dict(),
+                          "scaler": scaler.state_dict() if use_amp else None, "best": best,
+                          "classes": list(classes)}, self.ckpt)
+            if out_of_time:
+                self.log("time_budget", stage=stage, epoch=done, of_epochs=epochs,
+                         message="stopped by --time-budget; --resume continues")
+                break
+        return net, stage_cfg, best
+
+    def _evaluate(self, stage_cfg, net, held_out, stage, epoch, iteration, best):
+        t0 = time.time()
+        tcfg = self.cfg.train
+        recs = list(held_out)[: tcfg.eval_max_images or None]
+        model = MaskRCNNModel(stage_cfg, net, self.device)
+        res = evaluate(model, recs)
+        net.train()
+        improved = best is None or res["map"] > best["map"]
+        if improved:
+            best = {"map": res["map"], "epoch": epoch, "by_cell_type": res["by_cell_type"]}
+            model.extra = {"trained": {"best_epoch": epoch, "held_out_map": res["map"],
+                                       "held_out_images": res["n_images"],
+                                       "by_cell_type": res["by_cell_type"]}}
+            model.save(self.out)
+        self.eval_csv(stage=stage, epoch=epoch, iteration=iteration, map=res["map"],
+                      **{k: res["by_cell_type"].get(k, "") for k in ("shsy5y", "astro", "cort")},
+                      n_images=res["n_images"], n_pred=res["n_pred"],
+                      seconds=round(time.time() - t0, 1), best=int(improved))
+        self.log("eval", stage=stage, epoch=epoch, map=res["map"], by_cell_type=res["by_cell_type"],
+                 n_pred=res["n_pred"], best_epoch=best["epoch"])
+        return best
+
+
+def fit(train_records, held_out_records, args, out: Path) -> MaskRCNNModel:
+    """The ``kit.train`` trainer: stages, checkpoints, evaluation; returns the best model."""
+    import torch
+
+    from kit.train import RunLog
+
+    out = Path(out)
+    cfg = load_config(getattr(args, "config", None))
+    epochs = getattr(args, "epochs", None)
+    if epochs is not None:
+        if epochs < 0:
+            raise ValueError(f"--epochs must be >= 0, got {epochs}")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
+    log = RunLog(out / "train.log")
+    budget = getattr(args, "time_budget", None)
+    deadline = None if budget is None else time.time() + 60.0 * budget
+    device = _device(cfg.train)
+    torch.manual_seed(cfg.train.seed)
+    trainer = _Trainer(cfg, out, log, device)
+    state = None
+    if getattr(args, "resume", False):
+        if not trainer.ckpt.is_file():
+            raise ValueError(f"--resume: no checkpoint at {trainer.ckpt}")
+        state = torch.load(trainer.ckpt, map_location="cpu", weights_only=True)
+    pretrained = getattr(args, "pretrained", None)
+    if pretrained is not None and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"--pretrained: file not found: {pretrained}")
+    classes = list(cfg.model.classes)
+    unknown = sorted({r.cell_type for r in train_records} - set(classes))
+    if unknown:
+        raise ValueError(f"train images of cell type(s) {unknown} are not in model.classes {classes}")
+
+    livecell = getattr(args, "livecell", None)
+    if livecell is not None and cfg.train.livecell_epochs == 0:
+        log("livecell_skipped", reason="train.livecell_epochs is 0")
+    init = pretrained
+    if livecell is not None and cfg.train.livecell_epochs > 0:
+        from kit.data import read_coco
+
+        lc_images = getattr(args, "livecell_images", None)
+        if lc_images is None:
+            raise ValueError("--livecell needs --livecell-images (the folder of its .tif images)")
+        lc_path = out / "livecell_model.pt"
+        if state is not None and state["stage"] == "sartorius":
+            init = None  # LIVECell stage already done
+        else:
+            lc = read_coco(livecell, lc_images, source="livecell")
+            names, label = livecell_classes(lc, cfg.train.livecell_labels)
+            resume = state if state is not None and state["stage"] == "livecell" else None
+            net, _, _ = trainer.run_stage("livecell", lc, names, lambda r: label[r.id],
+                                          cfg.train.livecell_epochs, init=pretrained, resume=resume,
+                                          deadline=deadline)
+            _atomic_save({"model": net.state_dict(), "classes": list(names), "stage": "livecell"}, lc_path)
+            log("livecell_done", weights=str(lc_path), classes=names)
+            state = None
+            init = lc_path
+    resume = state if state is not None and state["stage"] == "sartorius" else None
+    net, stage_cfg, best = trainer.run_stage(
+        "sartorius", train_records, classes, lambda r: classes.index(r.cell_type) + 1,
+        cfg.train.epochs, init=init, resume=resume, held_out=held_out_records, deadline=deadline)
+    if best is None:  # no held-out images (or no epochs): keep the last weights
+        MaskRCNNModel(stage_cfg, net, "cpu", extra={"trained": {"best_epoch": None}}).save(out)
+        log("saved_last", reason="no held-out evaluation")
+    else:
+        log("best", **best)
+    return MaskRCNNModel.load(out, device=str(device))

@@ -1,0 +1,330 @@
+"""Mask R-CNN: config, network, mask targets from crops, data pipeline, training, resume, predict."""
+import csv
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kit import config as kconfig
+from kit.models.maskrcnn import (DEFAULT_CONFIG_FILE, MaskRCNNConfig, MaskRCNNModel, ModelConfig,
+                                 build_network, crop_mask_targets, load_config, load_pretrained)
+from kit.models.maskrcnn_data import (InstanceDataset, augment, boxes_of, instance_crops,
+                                      instance_crops_reference)
+from kit.postprocess import postprocess
+from tests.conftest import run_module
+
+# ~1-2 s per step on one thread: R50 at 128 px crops, few proposals and ROIs.
+TINY = """
+model:
+  train_min_sizes: [128]
+  train_max_size: 400
+  test_min_size: 128
+  test_max_size: 200
+  rpn_pre_nms_top_n_train: 300
+  rpn_post_nms_top_n_train: 150
+  rpn_pre_nms_top_n_test: 300
+  rpn_post_nms_top_n_test: 150
+  box_batch_size_per_image: 32
+  box_detections_per_img: 100
+train:
+  epochs: 1
+  batch_size: 2
+  crop: 128
+  lr: 0.002
+  warmup_iters: 2
+  max_iters_per_epoch: 2
+  num_workers: 0
+  eval_max_images: 1
+  device: cpu
+"""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory):
+    p = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    p.write_text(TINY)
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# config and network
+
+
+def test_default_yaml_equals_dataclass_defaults_and_unknown_keys_fail(tmp_path):
+    assert kconfig.to_dict(load_config()) == kconfig.to_dict(MaskRCNNConfig())
+    assert DEFAULT_CONFIG_FILE.is_file()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  anchor_size: [8]\n")
+    with pytest.raises(kconfig.ConfigError, match=r"model: unknown key\(s\) \['anchor_size'\]; valid keys"):
+        load_config(bad)
+    bad.write_text("model:\n  anchor_sizes: [8, 16]\n")
+    with pytest.raises(kconfig.ConfigError, match="one size per FPN level"):
+        load_config(bad)
+
+
+def test_network_matches_the_seed_settings_and_torchvision_keys():
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    cfg = ModelConfig()
+    net = build_network(cfg)
+    ref = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=4)
+    assert set(net.state_dict()) == set(ref.state_dict())  # torchvision checkpoints load by name
+    ag = net.rpn.anchor_generator
+    assert [s[0] for s in ag.sizes] == [16, 32, 64, 128, 256] and ag.num_anchors_per_location() == [3] * 5
+    assert net.rpn._pre_nms_top_n == {"training": 2000, "testing": 2000}
+    assert net.rpn._post_nms_top_n == {"training": 1000, "testing": 1000}
+    rh = net.roi_heads
+    assert rh.detections_per_img == 1000 and rh.fg_bg_sampler.batch_size_per_image == 128
+    assert rh.box_roi_pool.aligned and rh.box_roi_pool.sampling_ratio == 0
+    assert net.transform.min_size == (800,) and net.transform.max_size == 1333
+    assert isinstance(net.backbone.body.bn1, torch.nn.BatchNorm2d)
+    s = build_network(dataclasses.replace(cfg, stride_in_1x1=True, backbone_depth=50)).backbone.body
+    assert s.layer2[0].conv1.stride == (2, 2) and s.layer2[0].conv2.stride == (1, 1)
+    assert net.backbone.body.layer2[0].conv2.stride == (2, 2)
+
+
+def test_crop_mask_targets_equal_full_image_roi_align():
+    """Targets from padded crops == ROIAlign(aligned) of the full-image masks, at any scale."""
+    from torchvision.ops import roi_align
+
+    rng = np.random.default_rng(0)
+    h, w = 60, 80
+    full = np.zeros((3, h, w), np.uint8)
+    full[0, 5:20, 10:30] = 1
+    full[1, 30:58, 40:79] = 1
+    full[1, 40:45, 50:60] = 0
+    full[2, 0:12, 0:9] = 1
+    from kit import rle
+
+    crops, origin = instance_crops(rle.encode_stack(full), (h, w))
+    sx, sy = 1.7, 1.3
+    n = 50
+    idx = rng.integers(0, 3, n)
+    xy = rng.uniform(0, 70, (n, 2)) * [sx, sy]
+    props = np.concatenate([xy, xy + rng.uniform(3, 40, (n, 2)) * [sx, sy]], 1)
+    t = {"masks": torch.from_numpy(crops), "mask_origin": torch.from_numpy(origin).float(),
+         "mask_scale": torch.tensor([sx, sy])}
+    got = crop_mask_targets([t], [torch.tensor(props, dtype=torch.float32)], [torch.tensor(idx)], 28)
+    b = torch.tensor(props / [sx, sy, sx, sy], dtype=torch.float32)
+    rois = torch.cat([torch.tensor(idx, dtype=torch.float32)[:, None], b], 1)
+    ref = roi_align(torch.from_numpy(full)[:, None].float(), rois, (28, 28), 1.0, 0, True)[:, 0] >= 0.5
+    assert torch.equal(got.bool(), ref)
+
+
+def test_instance_crops_match_reference_and_augment_geometry(synth_dir):
+    from kit.data import read_competition_dir
+
+    recs = read_competition_dir(synth_dir).train[:4]
+    rng = np.random.default_rng(1)
+    for rec in recs:
+        crops, origin = instance_crops(rec.rles, rec.shape)
+        ref_c, ref_o = instance_crops_reference(rec.rles, rec.shape)
+        np.testing.assert_array_equal(crops, ref_c)
+        np.testing.assert_array_equal(origin, ref_o)
+        stack = rec.stack()
+        hf, vf, rt = (bool(v) for v in rng.integers(0, 2, 3))
+        win = (7, 5, 150, 120)
+        img, c2, o2 = augment(rec.load_image(), crops, origin, hflip=hf, vflip=vf, rot90=rt, window=win)
+        st = stack[:, :, ::-1] if hf else stack
+        st = st[:, ::-1] if vf else st
+        st = np.rot90(st, axes=(1, 2)) if rt else st
+        st = st[:, win[1]:win[3], win[0]:win[2]]
+        boxes, keep = boxes_of(c2, o2)
+        for k in range(len(st)):
+            assert keep[k] == st[k].any()
+            if keep[k]:
+                ys, xs = np.nonzero(st[k])
+                assert tuple(boxes[k]) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+                assert c2[k].sum() == st[k].sum()
+
+
+def test_instance_crops_edge_cases():
+    crops, origin = instance_crops([], (10, 12))
+    assert crops.shape == (0, 2, 2) and origin.shape == (0, 2)
+    crops, origin = instance_crops(["", "1 3"], (10, 12))   # empty mask + pixels (0, 0..2)
+    assert crops.shape == (2, 3, 5) and not crops[0].any()
+    assert crops[1, 1, 1:4].all() and crops[1].sum() == 3
+    boxes, keep = boxes_of(crops, origin)
+    assert keep.tolist() == [False, True] and boxes[1].tolist() == [0, 0, 3, 1]
+    # a run wrapping over a row end (row-major RLE) spans the full width
+    crops, origin = instance_crops(["11 4"], (10, 12))
+    assert crops.shape == (1, 4, 14) and crops.sum() == 4
+
+
+def test_dataset_sample_is_consistent(synth_dir):
+    from kit.data import read_competition_dir
+
+    recs = read_competition_dir(synth_dir).train[:2]
+    ds = InstanceDataset(recs, lambda r: 1, [100], 400, crop=64, seed=3)
+    x, t = ds[0]
+    assert x.shape[0] == 3 and x.dtype == torch.float32 and 0 <= float(x.min()) <= float(x.max()) <= 1
+    assert max(x.shape[1:]) <= 64 + 1
+    n = len(t["boxes"])
+    assert t["labels"].shape == (n,) and t["masks"].shape[0] == n and t["mask_origin"].shape == (n, 2)
+    if n:
+        assert bool((t["boxes"][:, 2:] > t["boxes"][:, :2]).all())
+    ds.set_epoch(1)
+    x2, _ = ds[0]
+    ds.set_epoch(0)
+    assert torch.equal(ds[0][0], x)   # deterministic in (seed, epoch, index)
+
+
+# ---------------------------------------------------------------------------------------------
+# training, resume, predict
+
+
+@pytest.fixture(scope="module")
+def trained(synth_dir, tiny_cfg, tmp_path_factory):
+    from kit.train import main
+
+    out = tmp_path_factory.mktemp("mr") / "run"
+    # 3 epochs asked, but a zero time budget stops after the first (evaluated, checkpointed)
+    assert main(["maskrcnn", "--data", str(synth_dir), "--fold", "0", "--n-folds", "2",
+                 "--config", str(tiny_cfg), "--out", str(out), "--epochs", "3",
+                 "--time-budget", "0", "--quiet"]) == 0
+    return out
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_steps_are_finite_and_recorded(trained):
+    rows = _rows(trained / "train_iter.csv")
+    assert [int(r["iteration"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert r["finite"] == "1"
+        for k in ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
+                  "loss_rpn_box_reg", "grad_norm"):
+            assert math.isfinite(float(r[k])), k
+    ev = _rows(trained / "eval.csv")
+    assert len(ev) == 1 and math.isfinite(float(ev[0]["map"])) and ev[0]["best"] == "1"
+    doc = json.loads((trained / "model.json").read_text())
+    assert doc["type"] == "maskrcnn" and doc["trained"]["best_epoch"] == 1
+    assert (trained / "checkpoints" / "last.pt").is_file()
+    oof = json.loads((trained / "oof_score.json").read_text())
+    assert math.isfinite(oof["map"])
+    events = [json.loads(line)["event"] for line in (trained / "train.log").read_text().splitlines()]
+    assert {"stage", "epoch", "eval", "best", "oof", "time_budget"} <= set(events)
+
+
+def test_resume_continues_from_the_checkpoint(trained, synth_dir, tiny_cfg):
+    from kit.train import main
+
+    assert main(["maskrcnn", "--data", str(synth_dir), "--fold", "0", "--n-folds", "2",
+                 "--config", str(tiny_cfg), "--out", str(trained), "--resume", "--epochs", "2",
+                 "--quiet"]) == 0
+    rows = _rows(trained / "train_iter.csv")
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    assert [int(r["epoch"]) for r in rows] == [0, 0, 1, 1]
+    ckpt = torch.load(trained / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["iteration"] == 4 and ckpt["stage"] == "sartorius"
+    assert len(_rows(trained / "eval.csv")) == 2
+    log = [json.loads(line) for line in (trained / "train.log").read_text().splitlines()]
+    assert any(e["event"] == "resume" and e["epoch"] == 1 for e in log)
+
+
+def test_livecell_stage_then_sartorius_with_heads_reinitialised(synth_dir, tiny_cfg, tmp_path):
+    """A two-image LIVECell-style COCO json (cell lines from the file names) before the fold."""
+    import shutil
+
+    from kit import rle
+    from kit.data import read_competition_dir
+    from kit.train import main
+
+    recs = read_competition_dir(synth_dir).train[:2]
+    images, anns = [], []
+    for i, (rec, line) in enumerate(zip(recs, ("A172", "SHSY5Y"))):
+        name = f"{line}_Phase_A1_1_00d00h00m_{i}.png"
+        shutil.copy(rec.image_path, tmp_path / name)
+        images.append({"id": i + 1, "file_name": name, "height": rec.shape[0], "width": rec.shape[1]})
+        for j, r in enumerate(rec.rles[:5]):
+            anns.append({"id": 100 * i + j, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                         "segmentation": rle.mask_to_coco(rle.decode(r, rec.shape))})
+    lc = tmp_path / "livecell.json"
+    lc.write_text(json.dumps({"images": images, "annotations": anns,
+                              "categories": [{"id": 1, "name": "cell"}]}))
+    cfg = tmp_path / "lc.yaml"
+    cfg.write_text(tiny_cfg.read_text().replace("train:\n", "train:\n  livecell_epochs: 1\n"))
+    out = tmp_path / "run"
+    assert main(["maskrcnn", "--data", str(synth_dir), "--fold", "0", "--n-folds", "2", "--config",
+                 str(cfg), "--out", str(out), "--livecell", str(lc), "--livecell-images",
+                 str(tmp_path), "--quiet"]) == 0
+    rows = _rows(out / "train_iter.csv")
+    assert [r["stage"] for r in rows] == ["livecell", "sartorius", "sartorius"]
+    lc_ckpt = torch.load(out / "livecell_model.pt", map_location="cpu", weights_only=True)
+    assert lc_ckpt["classes"] == ["A172", "SHSY5Y"]
+    log = [json.loads(line) for line in (out / "train.log").read_text().splitlines()]
+    pre = [e for e in log if e["event"] == "pretrained"]
+    assert len(pre) == 1 and pre[0]["kind"] == "kit" and len(pre[0]["skipped"]) == 6
+    assert pre[0]["missing"] == []
+
+
+def test_resume_without_checkpoint_is_an_error(synth_dir, tiny_cfg, tmp_path, capsys):
+    from kit.train import main
+
+    assert main(["maskrcnn", "--data", str(synth_dir), "--fold", "0", "--n-folds", "2", "--config",
+                 str(tiny_cfg), "--out", str(tmp_path / "x"), "--resume", "--quiet"]) == 1
+    assert "--resume: no checkpoint" in capsys.readouterr().err
+
+
+def test_predict_writes_a_valid_submission(trained, synth_dir, tmp_path):
+    out = tmp_path / "submission.csv"
+    done = run_module("kit.predict", "--model", trained, "--images", synth_dir / "test",
+                      "--ids", synth_dir / "sample_submission.csv", "--out", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "validated" in done.stdout and out.is_file()
+
+
+def test_predict_equals_postprocess_of_predict_raw(synth_dir, tiny_cfg):
+    """Random weights, but low thresholds so something is detected and painted."""
+    from kit.data import read_competition_dir
+
+    cfg = load_config(tiny_cfg)
+    low = cfg.postprocess
+    for ct in ("shsy5y", "astro", "cort"):
+        low = low.with_params(ct, score=0.05, min_area=0, pixel=0.45)
+    torch.manual_seed(0)
+    model = MaskRCNNModel(dataclasses.replace(cfg, postprocess=low), device="cpu")
+    image = read_competition_dir(synth_dir).test[0].load_image()
+    raw = model.predict_raw(image)
+    assert raw.masks.shape[1:] == (28, 28) and len(raw) > 0
+    assert raw.boxes[:, 2].max() <= image.shape[1] + 1e-3 and raw.boxes[:, 3].max() <= image.shape[0] + 1e-3
+    labels = model.predict(image, "cort")
+    ref = postprocess(raw, None, low)   # config cell_type: vote -> the given type is ignored
+    np.testing.assert_array_equal(labels, ref)
+    assert labels.max() > 0
+
+
+def test_pretrained_reports_skipped_heads(tmp_path):
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    coco = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    torch.save(coco.state_dict(), tmp_path / "coco.pth")
+    net = build_network(ModelConfig())
+    rep = load_pretrained(net, tmp_path / "coco.pth", ["shsy5y", "astro", "cort"])
+    assert rep["kind"] == "torchvision"
+    assert set(rep["skipped"]) == {f"roi_heads.{k}.{p}" for k in ("box_predictor.cls_score",
+                                                                    "box_predictor.bbox_pred",
+                                                                    "mask_predictor.mask_fcn_logits")
+                                   for p in ("weight", "bias")}
+    assert torch.equal(net.state_dict()["backbone.body.conv1.weight"], coco.state_dict()["backbone.body.conv1.weight"])
+    # a kit checkpoint of other classes with the same count: heads re-initialised by name
+    other = build_network(dataclasses.replace(ModelConfig(), classes=("a", "b", "c")))
+    torch.save({"model": other.state_dict(), "classes": ["a", "b", "c"]}, tmp_path / "kit.pt")
+    rep = load_pretrained(net, tmp_path / "kit.pt", ["shsy5y", "astro", "cort"])
+    assert rep["kind"] == "kit" and len(rep["skipped"]) == 6 and rep["missing"] == []
+    with pytest.raises(FileNotFoundError):
+        load_pretrained(net, tmp_path / "nope.pth", ["shsy5y"])
