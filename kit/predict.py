@@ -87,12 +87,19 @@ def predict_images(model, model_dir: Path, images: Path, ids: Iterable[str],
 
 
 def run(model_dir: Path, images: Path, out: Path, ids_csv: Path | None = None,
-        cell_types_csv: Path | None = None, progress: bool = True) -> dict:
-    """Predict, write ``out`` atomically, validate it. Returns a small report dict."""
-    from kit.models import load_model
+        cell_types_csv: Path | None = None, progress: bool = True, tuned: Path | None = None) -> dict:
+    """Predict, write ``out`` atomically, validate it. Returns a small report dict.
+
+    ``tuned``: a ``python -m kit.tune`` YAML applied on top of the folder's settings.
+    """
+    from kit.models import load_model, model_type
     from kit.submission import validate_submission, write_submission
 
     model = load_model(model_dir)
+    if tuned is not None:
+        from kit.tune import apply_tuned
+
+        apply_tuned(model, tuned, model_type(model_dir))
     ids = image_ids(images, ids_csv)
     given = read_cell_types(cell_types_csv) if cell_types_csv else None
     preds, shapes, types = {}, {}, {}
@@ -115,10 +122,13 @@ def main(argv=None) -> int:
                         help="CSV with an id column (sample_submission.csv); default: every PNG")
     parser.add_argument("--cell-types", type=Path, default=None,
                         help="CSV with id and cell_type columns; default: the model's classifier")
+    parser.add_argument("--tuned", type=Path, default=None,
+                        help="tuned YAML from python -m kit.tune (default: the folder's tuned.yaml, if any)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        report = run(args.model, args.images, args.out, args.ids, args.cell_types, not args.quiet)
+        report = run(args.model, args.images, args.out, args.ids, args.cell_types, not args.quiet,
+                     args.tuned)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -33,9 +33,41 @@ def _fit_baseline(train_records, val_records, args, out: Path):
     return model
 
 
+def _fit_maskrcnn(train_records, val_records, args, out: Path):
+    from kit.models.maskrcnn_train import fit
+
+    return fit(train_records, val_records, args, out)
+
+
+def _fit_cellpose(train_records, val_records, args, out: Path):
+    import dataclasses
+
+    from kit.data import read_coco
+    from kit.models.cellpose import DEFAULT_CONFIG, fit, load_config
+
+    config_path = args.config or DEFAULT_CONFIG
+    config = load_config(config_path)
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train,
+                                                                       n_epochs=args.epochs))
+    extra = []
+    if args.livecell is not None:
+        if args.livecell_images is None:
+            raise ValueError("--livecell needs --livecell-images (the folder of its images)")
+        extra = read_coco(args.livecell, args.livecell_images)
+    budget = None if args.time_budget is None else args.time_budget * 60.0
+    return fit(train_records, out, config, config_path=config_path, val_records=val_records,
+               pretrain_records=extra, pretrained=args.pretrained, resume=args.resume,
+               time_budget_s=budget, log=RunLog(out / "train.log"), progress=not args.quiet)
+
+
 # model name -> fit(train_records, val_records, args, out_dir) -> model (saved in out_dir)
 TRAINERS = {
     "baseline": _fit_baseline,
+    "maskrcnn": _fit_maskrcnn,
+    "cellpose": _fit_cellpose,
 }
 
 
@@ -111,9 +143,19 @@ def main(argv=None) -> int:
     data.add_argument("--folds", type=Path, default=None, help="id,fold CSV (default: make folds)")
     data.add_argument("--n-folds", type=int, default=5, help="folds to make when --folds is absent")
     data.add_argument("--seed", type=int, default=42, help="seed of the folds")
+    data.add_argument("--livecell", type=Path, default=None,
+                      help="LIVECell / COCO json to pre-train on first (trained models)")
+    data.add_argument("--livecell-images", type=Path, default=None, help="folder of the --livecell images")
     run = parser.add_argument_group("run")
     run.add_argument("--out", type=Path, required=True, help="model/run folder to write")
     run.add_argument("--config", type=Path, default=None, help="model config YAML (trained models)")
+    run.add_argument("--pretrained", type=Path, default=None,
+                     help="initial weights file (trained models; never downloaded)")
+    run.add_argument("--resume", action="store_true", help="continue from --out's last checkpoint")
+    run.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
+    run.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                     help="stop training after this many minutes, then save and score the model "
+                          "(cellpose, maskrcnn; the checkpoint stays: --resume continues)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 

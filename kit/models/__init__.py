@@ -4,7 +4,8 @@ Every model folder holds ``model.json`` with at least ``{"type": NAME}``; :func:
 reads the type and hands the folder to that model's ``load``. A loaded model has
 ``predict(image: (H, W) uint8, cell_type: str) -> (H, W) int32 label image`` (0 = background,
 non-overlapping). A folder may also hold ``celltype.joblib`` (:mod:`kit.celltype`), used when
-an image's cell type is not given.
+an image's cell type is not given, and ``tuned.yaml`` (written by ``python -m kit.tune search``):
+post-processing parameters that :func:`load_model` applies on top of the folder's own.
 """
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from pathlib import Path
 # type name -> "module:class"; the class has classmethod load(folder).
 MODEL_TYPES = {
     "baseline": "kit.models.baseline:BaselineModel",
+    "maskrcnn": "kit.models.maskrcnn:MaskRCNNModel",
+    "cellpose": "kit.models.cellpose:CellposeSegmenter",
+    "ensemble": "kit.ensemble:EnsembleModel",
 }
+TUNED_FILE = "tuned.yaml"
 
 
 def model_type(folder) -> str:
@@ -32,7 +37,14 @@ def model_type(folder) -> str:
     return kind
 
 
-def load_model(folder):
-    """Load the model stored in ``folder`` (see module docstring)."""
-    module, cls = MODEL_TYPES[model_type(folder)].split(":")
-    return getattr(importlib.import_module(module), cls).load(folder)
+def load_model(folder, tuned: bool = True):
+    """Load the model stored in ``folder`` (see module docstring); with ``tuned``, apply
+    ``folder/tuned.yaml`` when it exists (:func:`kit.tune.apply_tuned`)."""
+    kind = model_type(folder)
+    module, cls = MODEL_TYPES[kind].split(":")
+    model = getattr(importlib.import_module(module), cls).load(folder)
+    if tuned and (Path(folder) / TUNED_FILE).is_file():
+        from kit.tune import apply_tuned
+
+        apply_tuned(model, Path(folder) / TUNED_FILE, kind)
+    return model

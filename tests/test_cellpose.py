@@ -1,0 +1,413 @@
+"""kit.models.cellpose: training on tiny synthetic images, resume, size model, inference, errors.
+
+Everything runs on one CPU thread with 64-px crops; the whole module takes about a minute.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("cellpose")
+
+from kit import rle  # noqa: E402
+from kit.config import ConfigError  # noqa: E402
+from kit.data import ImageRecord  # noqa: E402
+from kit.models import cellpose as kcp  # noqa: E402
+from kit.models.cellpose import CellposeConfig, fit, learning_rates, training_labels  # noqa: E402
+from tests.conftest import run_module  # noqa: E402
+
+SMOKE = kcp.DEFAULT_CONFIG.parent / "cellpose_smoke.yaml"
+# 2 images, 12 epochs of 8 crops of 64 px: enough for the loss to fall clearly (fixed seeds)
+TINY = {"diam_mean": 17.0,
+        "train": {"n_epochs": 12, "batch_size": 8, "bsize": 64, "warmup_epochs": 0,
+                  "nimg_per_epoch": 8, "save_every": 3, "learning_rate": 0.005},
+        "size_model": {"n_epochs": 1, "batch_size": 8, "bsize": 64, "augment": False},
+        "inference": {"augment": False}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(**train) -> CellposeConfig:
+    doc = json.loads(json.dumps(TINY))
+    doc["train"].update(train)
+    return CellposeConfig.from_dict(doc)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """Two 128x160 synthetic images (shsy5y, cort) with 20 cells each, as PNG-backed records."""
+    from kit.synth import make_image
+
+    d = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    out = []
+    for i, ct in enumerate(["shsy5y", "cort"]):
+        s = make_image(ct, rng, (128, 160), n_cells=20)
+        cv2.imwrite(str(d / f"img{i}.png"), s.image)
+        out.append(ImageRecord(id=f"img{i}", image_path=d / f"img{i}.png", shape=(128, 160),
+                               cell_type=ct, sample_id=str(i), rles=tuple(s.annotations)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(records, tmp_path_factory):
+    """An uninterrupted 12-epoch run with a size model: (model, folder, events)."""
+    out = tmp_path_factory.mktemp("cp") / "model"
+    events = []
+    model = fit(records, out, tiny_config(), log=lambda e, **f: events.append((e, f)), progress=False)
+    return model, out, events
+
+
+def epoch_rows(folder):
+    with open(folder / kcp.EPOCH_LOG, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------ pure functions
+
+
+def test_training_labels_paint_small_masks_last():
+    shape = (20, 20)
+    big = np.zeros(shape, bool)
+    big[2:14, 2:14] = True
+    small = np.zeros(shape, bool)
+    small[10:16, 10:16] = True
+    hidden = np.zeros(shape, bool)
+    hidden[3:5, 3:5] = True  # inside `big` and covered by `cover`
+    cover = np.zeros(shape, bool)
+    cover[3:6, 3:6] = True
+    rles = [rle.encode(m) for m in (small, big, cover, hidden)]
+    labels = training_labels(rles, shape)
+    assert labels.dtype == np.int32
+    # the small mask keeps all its pixels although it comes first in the list
+    assert len(np.unique(labels[small])) == 1 and labels[small][0] > 0
+    assert (labels[big & ~small & ~cover] == labels[5, 8]).all()
+    # `hidden` (area 4) is painted after `cover` (area 9): the smallest wins
+    assert (labels[hidden] == labels[hidden][0]).all() and labels[3, 5] != labels[3, 3]
+    # equal areas keep list order: the later mask wins (kit.rle.decode_labels' rule)
+    a = np.zeros(shape, bool)
+    a[0:4, 0:4] = True
+    b = np.zeros(shape, bool)
+    b[2:6, 2:6] = True
+    lab = training_labels([rle.encode(a), rle.encode(b)], shape)
+    assert lab[3, 3] == lab[5, 5] != lab[0, 0]
+    assert not training_labels([], shape).any()
+
+
+def test_learning_rates_follow_cellpose_schedule():
+    r = learning_rates(500, 0.005, 10)
+    assert np.allclose(r[:10], 0.005 * np.arange(1, 11) / 10)
+    assert np.allclose(r[10:400], 0.005)
+    assert np.isclose(r[400], 0.0025) and np.isclose(r[-1], 0.005 / 2 ** 10)
+    r = learning_rates(150, 0.1, 0)
+    assert np.allclose(r[:100], 0.1) and np.isclose(r[100], 0.05) and np.isclose(r[-1], 0.1 / 2 ** 10)
+    assert np.allclose(learning_rates(4, 1.0, 10), [0.25, 0.5, 0.75, 1.0])  # warm-up fits the run
+
+
+def test_seg_loss_equals_cellposes():
+    train = pytest.importorskip("cellpose.train")
+    if not hasattr(train, "_loss_fn_seg"):
+        pytest.skip("cellpose has no _loss_fn_seg")
+    rng = np.random.default_rng(1)
+    lbl = rng.random((2, 3, 16, 16)).astype(np.float32)
+    y = torch.from_numpy(rng.standard_normal((2, 3, 16, 16)).astype(np.float32))
+    ours = kcp.seg_loss(lbl, y)
+    theirs = train._loss_fn_seg(lbl, y, torch.device("cpu"))
+    assert torch.allclose(ours, theirs)
+
+
+def test_net_input_is_cellposes_preprocessing():
+    from cellpose import transforms
+
+    img = (np.random.default_rng(2).random((40, 50)) * 200 + 20).astype(np.uint8)
+    x = kcp.net_input(img)
+    assert x.shape == (2, 40, 50) and x.dtype == np.float32
+    assert np.allclose(x[0], transforms.normalize99(img.astype(np.float32))) and not x[1].any()
+
+
+def test_config_files_and_errors(tmp_path):
+    for name in ("cellpose.yaml", "cellpose_cpu.yaml", "cellpose_smoke.yaml"):
+        kcp.load_config(kcp.DEFAULT_CONFIG.parent / name)
+    cfg = kcp.load_config()
+    assert cfg.cell_types["shsy5y"].flow_threshold == 0.6  # the seed's
+    assert cfg.cell_types["cort"].cellprob_threshold == -1.0
+    assert cfg.inference.augment and cfg.inference.resample
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  n_epoch: 3\n")
+    with pytest.raises(ConfigError) as e:
+        kcp.load_config(bad)
+    msg = str(e.value)
+    assert str(bad) in msg and "train: unknown key(s) ['n_epoch']" in msg and "'n_epochs'" in msg
+    bad.write_text("cell_types:\n  shsy5y: {}\n  astro: {}\n  cort: {}\n  hela: {}\n")
+    with pytest.raises(ConfigError, match=r"unknown cell type\(s\) \['hela'\]"):
+        kcp.load_config(bad)
+    bad.write_text("cell_types:\n  cort: {diameter: huge}\n")
+    with pytest.raises(ConfigError, match="cell_types.cort.diameter"):
+        kcp.load_config(bad)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def test_training_records_loss_and_writes_folder(trained):
+    model, out, events = trained
+    rows = epoch_rows(out)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 13))
+    loss = np.array([float(r["train_loss"]) for r in rows])
+    assert np.isfinite(loss).all()
+    assert loss[-4:].mean() < 0.85 * loss[:4].mean(), loss
+    for name in ("model.json", kcp.WEIGHTS, kcp.SIZE_MODEL, kcp.CONFIG_COPY, kcp.CHECKPOINT):
+        assert (out / name).is_file(), name
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["type"] == "cellpose" and doc["training"]["complete"] and doc["training"]["epochs_done"] == 12
+    assert set(doc["diameters"]) == {"shsy5y", "astro", "cort"}
+    assert doc["diameters"]["astro"]["n_images"] == 0  # no astro image: falls back to all images
+    assert doc["versions"]["cellpose"].startswith("3.")
+    assert CellposeConfig.from_dict(doc["config"]) == tiny_config()
+    assert [e for e, _ in events] == ["cellpose_data", "cellpose_train", "cellpose_batchnorm",
+                                  "cellpose_size_model"]
+
+
+def test_batchnorm_recalibration_restores_eval_mode(trained, records):
+    """12 steps leave the running BatchNorm statistics far from the weights' own: eval-mode
+    outputs are off until the statistics are recomputed."""
+    import copy
+
+    _, out, _ = trained
+    cfg = tiny_config()
+    data = kcp._prepare(records, 5, torch.device("cpu"), "test", False)
+    net = kcp._new_cellpose_model(17.0, inference=False).net
+    net.load_state_dict(torch.load(out / kcp.CHECKPOINT, weights_only=False)["net"])  # not recalibrated
+    np.random.seed(0)
+    imgi, lbl = kcp._crops(data, [0, 1, 0, 1], 17.0, cfg.train)
+    x = torch.from_numpy(imgi)
+
+    def loss(model, train):
+        model.train(train)
+        with torch.no_grad():
+            return float(kcp.seg_loss(lbl, model(x)[0]))
+
+    reference = loss(copy.deepcopy(net), True)  # batch statistics (a copy: this updates them)
+    stale = loss(net, False)
+    assert kcp.recalibrate_batchnorm(net, data, 17.0, cfg.train) == 16
+    fresh = loss(net, False)
+    assert abs(fresh - reference) < 0.5 * abs(stale - reference), (reference, stale, fresh)
+    saved = torch.load(out / kcp.WEIGHTS, weights_only=True)
+    assert torch.equal(saved["output.0.running_mean"], net.state_dict()["output.0.running_mean"])
+
+
+def test_resume_after_interruption_continues_from_checkpoint(records, trained, tmp_path, monkeypatch):
+    """Crash during epoch 5 (checkpoint of epoch 3 on disk), resume: epochs 4-12 run again and
+    the weights equal those of the uninterrupted run."""
+    _, ref_dir, _ = trained
+    out = tmp_path / "model"
+    real_epoch = kcp._train_epoch
+    calls = []
+
+    class Crash(RuntimeError):
+        pass
+
+    def crashing_epoch(*a, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise Crash("killed")
+        return real_epoch(*a, **kw)
+
+    monkeypatch.setattr(kcp, "_train_epoch", crashing_epoch)
+    with pytest.raises(Crash):
+        fit(records, out, tiny_config(), progress=False)
+    monkeypatch.setattr(kcp, "_train_epoch", real_epoch)
+    assert torch.load(out / kcp.CHECKPOINT, weights_only=False)["epoch"] == 3
+    assert len(epoch_rows(out)) == 4  # epoch 4 finished but was not checkpointed
+    with pytest.raises(ValueError, match="pass --resume"):
+        fit(records, out, tiny_config(), progress=False)
+    with pytest.raises(ValueError, match="differs from the checkpoint"):
+        fit(records, out, tiny_config(learning_rate=0.01), resume=True, progress=False)
+    events = []
+    fit(records, out, tiny_config(), resume=True, log=lambda e, **f: events.append((e, f)),
+        progress=False)
+    assert ("cellpose_resume", {"from_epoch": 3, "of": 12}) in events
+    rows, ref_rows = epoch_rows(out), epoch_rows(ref_dir)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 13))
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in ref_rows]
+    ours = torch.load(out / kcp.WEIGHTS, weights_only=True)
+    ref = torch.load(ref_dir / kcp.WEIGHTS, weights_only=True)
+    assert all(torch.allclose(ours[k], ref[k], atol=1e-6) for k in ref)
+
+
+def test_pretrained_weights_and_stages(records, trained, tmp_path, monkeypatch):
+    import cellpose.models
+    import cellpose.utils
+
+    def no_download(*a, **kw):
+        raise AssertionError("cellpose tried to download")
+
+    monkeypatch.setattr(cellpose.utils, "download_url_to_file", no_download)
+    monkeypatch.setattr(cellpose.models, "cache_model_path", no_download)
+    missing = tmp_path / "cyto3"
+    with pytest.raises(FileNotFoundError, match="pretrained weights file not found: .*cyto3"):
+        fit(records, tmp_path / "a", tiny_config(), pretrained=missing, progress=False)
+    _, ref_dir, _ = trained
+    cfg30 = dataclasses.replace(tiny_config(), diam_mean=30.0)
+    with pytest.raises(ValueError, match="set diam_mean: 17"):
+        fit(records, tmp_path / "b", cfg30, pretrained=ref_dir, progress=False)
+    not_weights = tmp_path / "junk.pt"
+    not_weights.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a torch weights file"):
+        fit(records, tmp_path / "c", tiny_config(), pretrained=not_weights, progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint.pt"):
+        fit(records, tmp_path / "d", tiny_config(), resume=True, progress=False)
+    # a model folder as starting point, and a pretraining stage on extra images (LIVECell's role)
+    extra = [dataclasses.replace(r, id="lc_" + r.id, cell_type=None) for r in records]
+    cfg = tiny_config(n_epochs=1, pretrain_epochs=1)
+    m = fit(records, tmp_path / "e", dataclasses.replace(cfg, size_model=dataclasses.replace(
+        cfg.size_model, enabled=False)), pretrained=ref_dir, pretrain_records=extra, progress=False)
+    assert [r["stage"] for r in epoch_rows(tmp_path / "e")] == ["pretrain", "train"]
+    doc = json.loads((tmp_path / "e" / "model.json").read_text())
+    assert doc["training"]["pretrained"].endswith(kcp.WEIGHTS) and doc["size_model"] is None
+    assert m.size_params is None
+    with pytest.raises(ValueError, match="pretrain_epochs is 1 but no pretraining images"):
+        fit(records, tmp_path / "f", cfg, progress=False)
+
+
+def test_kit_train_livecell_options(records, tmp_path):
+    """kit.train's cellpose trainer reads a COCO (LIVECell) json for the pretraining stage."""
+    import argparse
+
+    from kit.train import _fit_cellpose
+
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "cell"}]}
+    for k, r in enumerate(records):
+        coco["images"].append({"id": k, "file_name": r.image_path.name, "height": 128, "width": 160})
+        for mask in r.stack():
+            seg = rle.mask_to_coco(mask)
+            coco["annotations"].append({"id": len(coco["annotations"]), "image_id": k,
+                                        "category_id": 1, "segmentation": seg})
+    (tmp_path / "lc.json").write_text(json.dumps(coco))
+    cfg = tmp_path / "pre.yaml"
+    cfg.write_text(SMOKE.read_text().replace("  n_epochs: 3\n", "  n_epochs: 1\n  pretrain_epochs: 1\n"))
+    args = argparse.Namespace(config=cfg, epochs=None, livecell=tmp_path / "lc.json",
+                              livecell_images=None, time_budget=None, pretrained=None,
+                              resume=False, quiet=True)
+    with pytest.raises(ValueError, match="--livecell needs --livecell-images"):
+        _fit_cellpose(records, [], args, tmp_path / "m")
+    args.livecell_images = records[0].image_path.parent
+    _fit_cellpose(records, [], args, tmp_path / "m")
+    assert [r["stage"] for r in epoch_rows(tmp_path / "m")] == ["pretrain", "train"]
+    events = [json.loads(x) for x in (tmp_path / "m" / "train.log").read_text().splitlines()]
+    assert events[0]["event"] == "cellpose_data" and events[0]["n_pretrain"] == 2
+
+
+# ------------------------------------------------------------------------------ inference
+
+
+def test_predict_raw_postprocess_and_cellpose_agree(trained, records):
+    model, _, _ = trained
+    img = records[0].load_image()
+    labels = model.predict(img, "shsy5y")
+    assert labels.dtype == np.int32 and labels.shape == img.shape and labels.min() >= 0
+    raw = model.predict_raw(img, "shsy5y")
+    assert raw["dP"].shape == (2, 128, 160) and raw["cellprob"].shape == (128, 160)
+    assert raw["style"].shape == (256,) and raw["diameter"] > 0
+    assert np.array_equal(model.postprocess_raw(raw, "shsy5y"), labels)
+    # permissive thresholds give masks; they equal cellpose's own eval at the same settings
+    params = {"flow_threshold": 0.0, "cellprob_threshold": -2.0, "min_size": 5}
+    ours = model.postprocess_raw(raw, params)
+    assert ours.max() > 0
+    theirs = model.cp.eval(img, channels=[0, 0], diameter=raw["diameter"], augment=False,
+                           resample=True, bsize=64, flow_threshold=0.0, cellprob_threshold=-2.0,
+                           min_size=5)[0]
+    assert np.array_equal(ours, theirs.astype(np.int32))
+    ids = np.unique(ours)
+    assert np.array_equal(ids, np.arange(len(ids)))  # 0..N, sequential
+    with pytest.raises(ValueError, match="unknown cell_type 'hela'"):
+        model.predict(img, "hela")
+    with pytest.raises(ConfigError, match="unknown key"):
+        model.postprocess_raw(raw, {"flow_thresh": 0.1})
+
+
+def test_size_model_is_trained_and_used(trained, records):
+    model, out, _ = trained
+    img = records[1].load_image()
+    assert model.size_params is not None and set(model.size_params) >= {"A", "smean", "ymean"}
+    d = model.size_model_diameter(img)
+    assert np.isfinite(d) and d >= 5
+    cfg = model.config
+    try:
+        model.config = dataclasses.replace(cfg, size_model=dataclasses.replace(cfg.size_model,
+                                                                               max_ratio=1e6))
+        assert model.estimate_diameter(img, "cort") == (d, "size_model")
+        model.config = dataclasses.replace(cfg, size_model=dataclasses.replace(cfg.size_model,
+                                                                               max_ratio=1.0))
+        got, source = model.estimate_diameter(img, "cort")
+        assert got == model.diameters["cort"] and source.startswith("median")
+        types = dict(cfg.cell_types)
+        types["cort"] = dataclasses.replace(types["cort"], diameter=21.0)
+        model.config = dataclasses.replace(cfg, cell_types=types)
+        assert model.estimate_diameter(img, "cort") == (21.0, "config")
+    finally:
+        model.config = cfg
+    bare = kcp.CellposeSegmenter(model.cp, cfg, json.loads((out / "model.json").read_text())["diameters"], None)
+    assert bare.estimate_diameter(img, "cort") == (model.diameters["cort"], "median")
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+@pytest.fixture(scope="module")
+def small_comp(tmp_path_factory):
+    from kit.synth import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("comp") / "data", n_train=9, n_test=2, seed=4,
+                        shape=(128, 160))
+
+
+def test_cli_train_budget_resume_predict_submission(small_comp, tmp_path):
+    out = tmp_path / "cp"
+    common = ["kit.train", "cellpose", "--data", small_comp, "--n-folds", 3, "--fold", 0,
+              "--out", out, "--config", SMOKE, "--quiet"]
+    done = run_module(*common, "--time-budget", 0)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["training"]["epochs_done"] == 1 and doc["training"]["stopped"] == "time budget"
+    assert (out / "oof.csv").is_file() and "MAP" in done.stdout
+    done = run_module(*common, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert [int(r["epoch"]) for r in epoch_rows(out)] == [1, 2, 3]
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["training"]["complete"] and doc["training"]["epochs_done"] == 3
+    events = [json.loads(line) for line in (out / "train.log").read_text().splitlines()]
+    assert {"event": "cellpose_resume", "from_epoch": 1, "of": 3}.items() <= \
+        next(e for e in events if e["event"] == "cellpose_resume").items()
+    sub = tmp_path / "submission.csv"
+    done = run_module("kit.predict", "--model", out, "--images", small_comp / "test", "--ids",
+                      small_comp / "sample_submission.csv", "--out", sub, "--quiet")
+    assert done.returncode == 0, done.stderr
+    check = run_module("kit.submission", sub, "--data", small_comp)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_cli_errors_are_clear(small_comp, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("size_model:\n  epochs: 3\n")
+    done = run_module("kit.train", "cellpose", "--data", small_comp, "--n-folds", 3,
+                      "--out", tmp_path / "o1", "--config", bad, "--quiet")
+    assert done.returncode == 1
+    assert "size_model: unknown key(s) ['epochs']; valid keys are ['enabled', 'n_epochs'" in done.stderr
+    done = run_module("kit.train", "cellpose", "--data", small_comp, "--n-folds", 3,
+                      "--out", tmp_path / "o2", "--config", SMOKE, "--pretrained",
+                      tmp_path / "livecell_cp3", "--quiet")
+    assert done.returncode == 1 and "pretrained weights file not found" in done.stderr
+    assert "Downloading" not in done.stderr
