@@ -37,6 +37,29 @@ def model_type(folder) -> str:
     return kind
 
 
+def read_model_json(folder, expected_type: str) -> tuple[Path, dict]:
+    """(path, document) of ``folder/model.json``, checked to hold a model of ``expected_type``."""
+    path = Path(folder) / "model.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no model.json in {str(folder)!r}")
+    doc = json.loads(path.read_text())
+    if doc.get("type") != expected_type:
+        raise ValueError(f"{path} holds a model of type {doc.get('type')!r}, expected {expected_type!r}")
+    return path, doc
+
+
+def check_image(image):
+    """The (H, W) uint8 grayscale image every model takes; ValueError naming what is wrong."""
+    import numpy as np
+
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"image must be a 2-D (H, W) grayscale array, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must have dtype uint8, got {image.dtype}")
+    return image
+
+
 def load_model(folder, tuned: bool = True):
     """Load the model stored in ``folder`` (see module docstring); with ``tuned``, apply
     ``folder/tuned.yaml`` when it exists (:func:`kit.tune.apply_tuned`)."""

@@ -101,12 +101,9 @@ def _check_cell_type(cell_type: str) -> None:
 
 
 def _check_image(image) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise ValueError(f"image must be a 2-D (H, W) grayscale array, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must have dtype uint8, got {image.dtype}")
-    return image
+    from kit.models import check_image
+
+    return check_image(image)
 
 
 def _threshold(contrast: np.ndarray, p: BaselineParams) -> float:
@@ -221,11 +218,7 @@ class BaselineModel:
     @classmethod
     def load(cls, model_dir) -> "BaselineModel":
         """Read a folder written by :meth:`save`."""
-        path = Path(model_dir) / "model.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no model.json in {str(model_dir)!r}")
-        doc = json.loads(path.read_text())
-        if doc.get("type") != cls.TYPE:
-            raise ValueError(f"{path} holds a model of type {doc.get('type')!r}, "
-                             f"expected {cls.TYPE!r}")
+        from kit.models import read_model_json
+
+        _, doc = read_model_json(model_dir, cls.TYPE)
         return cls({ct: BaselineParams.from_dict(p) for ct, p in doc["params"].items()})

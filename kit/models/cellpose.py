@@ -809,12 +809,9 @@ def _fit_size_model(net, weights: str, data: _ImageSet, scfg: SizeModelConfig, m
 
 
 def _check_image(image) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise ValueError(f"image must be a 2-D (H, W) grayscale array, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must have dtype uint8, got {image.dtype}")
-    return image
+    from kit.models import check_image
+
+    return check_image(image)
 
 
 def _check_cell_type(cell_type: str) -> None:
@@ -843,13 +840,10 @@ class CellposeSegmenter:
     def load(cls, model_dir) -> "CellposeSegmenter":
         """Read a folder written by :func:`fit` (only ``model.json``, the weights and the size
         model are read)."""
+        from kit.models import read_model_json
+
         folder = Path(model_dir)
-        path = folder / "model.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no model.json in {str(folder)!r}")
-        doc = json.loads(path.read_text())
-        if doc.get("type") != cls.TYPE:
-            raise ValueError(f"{path} holds a model of type {doc.get('type')!r}, expected {cls.TYPE!r}")
+        path, doc = read_model_json(folder, cls.TYPE)
         cfg = CellposeConfig.from_dict(doc["config"], where=f"{path}: config")
         weights = folder / doc.get("weights", WEIGHTS)
         if not weights.is_file():

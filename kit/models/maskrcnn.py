@@ -612,13 +612,10 @@ class MaskRCNNModel:
 
         from kit import config as kconfig
 
+        from kit.models import read_model_json
+
         d = Path(model_dir)
-        path = d / "model.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no model.json in {str(model_dir)!r}")
-        doc = json.loads(path.read_text())
-        if doc.get("type") != cls.TYPE:
-            raise ValueError(f"{path} holds a model of type {doc.get('type')!r}, expected {cls.TYPE!r}")
+        path, doc = read_model_json(d, cls.TYPE)
         cfg = kconfig.from_dict(MaskRCNNConfig, doc.get("config", {}), f"{path}: config")
         weights = d / doc.get("weights", cls.WEIGHTS)
         if not weights.is_file():
