@@ -301,6 +301,11 @@ def _compact(labels: np.ndarray) -> tuple[np.ndarray, int]:
     from kit.rle import check_label_image, compact_labels
 
     lab = check_label_image(np.asarray(labels), "labels")
+    if lab.size and lab.min() >= 0 and lab.max() <= 4 * lab.size:
+        present = np.bincount(lab.reshape(-1)) > 0   # a lookup table: O(pixels), no sort
+        present[0] = False
+        lut = np.cumsum(present).astype(np.int32) * present
+        return lut[lab], int(present.sum())
     comp, values = compact_labels(lab)
     return comp.astype(np.int32), len(values) - 1
 
@@ -459,21 +464,23 @@ class EnsembleConfig:
 def combine(det_sources: Sequence[tuple[Detections, float]],
             label_sources: Sequence[tuple[np.ndarray, float]], cell_type: str | None,
             params: EnsembleTypeParams, postprocess_config: PostprocessConfig,
-            conf_type: str = "avg") -> np.ndarray:
+            conf_type: str = "avg", fused: Detections | None = None) -> np.ndarray:
     """One image's label image from weighted detection sources and weighted label sources.
 
     Detection sources are fused (:func:`fuse_detections`, ``params.wbf_iou`` /
     ``params.wbf_skip``) and painted (:func:`kit.postprocess.postprocess` with ``cell_type``;
     None = the class vote); that label image votes with the sum of their weights, each label
-    source with its own (:func:`vote_labels`). Sources of weight 0 are ignored.
+    source with its own (:func:`vote_labels`). Sources of weight 0 are ignored. ``fused``:
+    the fusion of ``det_sources``, when the caller already has it (kit.tune reuses it).
     """
     from kit.postprocess import postprocess
 
     det_sources = [(d, float(w)) for d, w in det_sources if w > 0]
     voters = [(lab, float(w)) for lab, w in label_sources if w > 0]
     if det_sources:
-        fused = fuse_detections([d for d, _ in det_sources], [w for _, w in det_sources],
-                                params.wbf_iou, params.wbf_skip, conf_type)
+        if fused is None:
+            fused = fuse_detections([d for d, _ in det_sources], [w for _, w in det_sources],
+                                    params.wbf_iou, params.wbf_skip, conf_type)
         painted = postprocess(fused, cell_type, postprocess_config)
         voters.insert(0, (painted, sum(w for _, w in det_sources)))
     if not voters:

@@ -356,6 +356,8 @@ def tunable_params(meta: dict) -> list[str]:
 
 _MEMO: dict = {}
 _MEMO_MAX = 256
+_FUSED: dict = {}   # fused ensemble detections, by image and fusion parameters
+_FUSED_MAX = 32
 
 
 def _memo(key, make: Callable):
@@ -392,7 +394,7 @@ def render(cache_dir, meta: dict, image_id: str, cell_type: str, params: dict) -
         return tta_invert_labels(sources[0]["view"], labels)
     if kind == "ensemble":
         from kit import config as kconfig
-        from kit.ensemble import EnsembleTypeParams, combine
+        from kit.ensemble import EnsembleTypeParams, combine, fuse_detections
         from kit.postprocess import PostprocessConfig
 
         cfg = meta["defaults"]["config"]
@@ -403,20 +405,35 @@ def render(cache_dir, meta: dict, image_id: str, cell_type: str, params: dict) -
         n_views = {}
         for s in sources:
             n_views[s["member"]] = n_views.get(s["member"], 0) + 1
-        dets, labels = [], []
+        dets, labels, det_keys = [], [], []
         for s in sources:
             w = weights[s["member"]] / n_views[s["member"]]
             if w <= 0:
                 continue
             obj = _cached(cache_dir, s, image_id)
-            (dets if s["kind"] == "detections" else labels).append((obj, w))
+            if s["kind"] == "detections":
+                dets.append((obj, w))
+                path = Path(cache_dir) / s["dir"] / f"{image_id}.npz"
+                det_keys.append((str(path), path.stat().st_mtime_ns, w))
+            else:
+                labels.append((obj, w))
         etp = EnsembleTypeParams(weights=tuple(weights), **{k: params[k] for k in ENS_KEYS})
         pp = kconfig.from_dict(PostprocessConfig, cfg["postprocess"], "cache defaults")
         pp = pp.with_params(cell_type, **{k: params[k] for k in PP_KEYS})
         if not dets and not labels:
             h, w = next(i["shape"] for i in meta["images"] if i["id"] == image_id)
             return np.zeros((h, w), np.int32)
-        return combine(dets, labels, cell_type, etp, pp, cfg.get("conf_type", "avg"))
+        conf = cfg.get("conf_type", "avg")
+        fused = None
+        if dets:   # the fusion depends on few parameters: reuse it across candidates
+            key = (etp.wbf_iou, etp.wbf_skip, conf, tuple(det_keys))
+            if key not in _FUSED:
+                if len(_FUSED) >= _FUSED_MAX:
+                    _FUSED.clear()
+                _FUSED[key] = fuse_detections([d for d, _ in dets], [w for _, w in dets],
+                                              etp.wbf_iou, etp.wbf_skip, conf)
+            fused = _FUSED[key]
+        return combine(dets, labels, cell_type, etp, pp, conf, fused=fused)
     return _cached(cache_dir, sources[0], image_id)
 
 
