@@ -41,8 +41,6 @@ import contextlib
 import csv
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -597,15 +595,9 @@ def write_folds_csv(folds: Mapping[str, int], path) -> Path:
         if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or fold < 0:
             raise ValueError(f"fold of {id_!r} must be an integer >= 0, got {fold!r}")
         rows.append(f"{id_},{int(fold)}\n")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write("id,fold\n")
-            f.writelines(rows)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from kit.atomic import atomic_open
+
+    with atomic_open(path, "w", newline="") as f:
+        f.write("id,fold\n")
+        f.writelines(rows)
     return path

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from kit import IMAGE_SHAPE
+from kit.atomic import atomic_open
 from kit import _rle_numba
 from kit import rle as _rle
 
@@ -48,23 +47,15 @@ def write_submission(predictions: Mapping[str, Sequence[str] | np.ndarray], path
     unknown = sorted(set(predictions) - set(order))
     if unknown:
         raise ValueError(f"predictions for ids not in `ids`: {unknown[:5]} ({len(unknown)} in all)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(HEADER)
-            for image_id in order:
-                pred = predictions.get(image_id, [])
-                rles = labels_to_rles(pred) if isinstance(pred, np.ndarray) else list(pred)
-                rles = [r for r in rles if r]
-                for r in rles or [""]:
-                    writer.writerow((image_id, r))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(HEADER)
+        for image_id in order:
+            pred = predictions.get(image_id, [])
+            rles = labels_to_rles(pred) if isinstance(pred, np.ndarray) else list(pred)
+            rles = [r for r in rles if r]
+            for r in rles or [""]:
+                writer.writerow((image_id, r))
     return path
 
 
