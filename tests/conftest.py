@@ -28,3 +28,13 @@ def synth_dir(tmp_path_factory):
 
     return make_dataset(tmp_path_factory.mktemp("synth") / "data", n_train=14, n_test=3, seed=3,
                         shape=(260, 352))
+
+
+@pytest.fixture(scope="session")
+def baseline_run(synth_dir, tmp_path_factory):
+    """(model folder, CompletedProcess) of ``kit.train baseline`` on synth_dir; read-only for tests."""
+    out = tmp_path_factory.mktemp("runs") / "baseline"
+    done = run_module("kit.train", "baseline", "--data", synth_dir, "--fold", 0, "--n-folds", 3,
+                      "--out", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    return out, done

@@ -7,7 +7,7 @@ import pytest
 
 from kit import bundle
 from kit.bundle_install import BundleError, verify
-from tests.conftest import REPO, run_module
+from tests.conftest import REPO
 
 
 def build_cli(*args):
@@ -23,12 +23,8 @@ def wheel_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model_dir(synth_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("models") / "baseline"
-    done = run_module("kit.train", "baseline", "--data", synth_dir, "--fold", 0, "--n-folds", 3,
-                      "--out", out, "--quiet")
-    assert done.returncode == 0, done.stderr
-    return out
+def model_dir(baseline_run):
+    return baseline_run[0]
 
 
 @pytest.fixture(scope="module")

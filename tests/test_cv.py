@@ -56,7 +56,7 @@ def test_cv_unknown_prediction_id_is_an_error(tmp_path):
 
 
 def test_cv_bad_rle_names_image(tmp_path):
-    gt = gt_csv(tmp_path / "train.csv", [("a", square(0, 0, 2), "cort")])
+    gt_csv(tmp_path / "train.csv", [("a", square(0, 0, 2), "cort")])  # --gt given as its folder
     pred = tmp_path / "pred.csv"
     pred.write_text("id,predicted\na,1 2 3\n")
     done = run_module("kit.cv", "--gt", tmp_path, "--pred", pred, "--quiet")

@@ -27,10 +27,8 @@ def kaggle_env(tmp_path_factory):
     return bundle.make_kaggle_like_env(tmp_path_factory.mktemp("kaggle-env") / "venv")
 
 
-def test_offline_install_and_inference_kernel(synth_dir, kaggle_env, tmp_path):
-    model = tmp_path / "models" / "baseline"
-    assert run_module("kit.train", "baseline", "--data", synth_dir, "--fold", 0, "--n-folds", 3,
-                      "--out", model, "--quiet").returncode == 0
+def test_offline_install_and_inference_kernel(synth_dir, baseline_run, kaggle_env, tmp_path):
+    model = baseline_run[0]
     out_bundle = tmp_path / "bundle"
     done = subprocess.run([sys.executable, str(REPO / "build_bundle.py"), "--weights", str(model),
                            "--out", str(out_bundle), "--wheel-cache", str(tmp_path / "wheels")],

@@ -8,15 +8,6 @@ from kit.data import read_competition_dir
 from tests.conftest import run_module
 
 
-@pytest.fixture(scope="module")
-def baseline_run(synth_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "baseline"
-    done = run_module("kit.train", "baseline", "--data", synth_dir, "--fold", 0, "--n-folds", 3,
-                      "--out", out, "--quiet")
-    assert done.returncode == 0, done.stderr
-    return out, done
-
-
 def test_train_writes_model_folder_and_oof(baseline_run, synth_dir):
     out, done = baseline_run
     for name in ("model.json", "celltype.joblib", "folds.csv", "oof.csv", "oof_score.json",
