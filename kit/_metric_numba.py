@@ -1,132 +1,242 @@
 """Numba kernels behind :mod:`kit.metric`. Private: call :mod:`kit.metric`, which validates.
 
-Both overlap kernels return the non-zero entries of the intersection matrix as three
-arrays ``(a, b, count)``: pixel count of the intersection of instance ``a`` of one side
-with instance ``b`` of the other, where index 0 means background. Pairs are collected in an
-open-addressing hash table keyed by ``(a << 32) | b``, flushed once per run of equal
-pairs, so a label-image pair costs one scan of the pixels and memory O(#pairs).
+The overlap kernels return the non-zero entries of the intersection matrix as three arrays
+``(a, b, count)``: pixel count of the intersection of instance ``a`` of one side with
+instance ``b`` of the other, where index 0 means background (the pair (0, 0) is left out).
+Pairs are counted in an open-addressing hash table keyed by ``(a << 32) | b``, one update
+per run of equal pairs, so a label-image pair costs one scan of the pixels and memory
+O(#pairs). The table is one int64 array of (key, count) slots, so a probe touches one cache
+line.
 """
 import numpy as np
 from numba import njit
 
-from kit._rle_numba import lowest_set_byte
+from kit._scan_numba import (CHUNK, WORDS, pair_change_bits, pair_change_bits_tail,
+                              trailing_zeros)
 
-CHUNK = 512  # pixels per block of change flags: flags stay in L1, the hash table small
 N_THRESHOLDS = 10  # t_k = (10 + k) / 20 for k = 0..9, i.e. 0.50, 0.55, ..., 0.95
 _EMPTY = -1
+_HASH = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: key * 2**64 / golden ratio
+_FIRST_SLOTS = 2048  # >= 2 * (CHUNK + 1): a chunk's runs never fill the table past half
+
+
+# ---------------------------------------------------------------------------------------------
+# Hash table of pair counts: table[2 s] = key (or _EMPTY), table[2 s + 1] = count.
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _home(key, mask):
+    return np.int64((np.uint64(key) * _HASH) >> np.uint64(40)) & mask
 
 
 @njit(cache=True, nogil=True)
-def _slot(keys, key):
-    mask = keys.size - 1
-    h = (np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
-    s = np.int64(h) & mask
-    while keys[s] != _EMPTY and keys[s] != key:
+def _new_table(n_slots):
+    return np.full(2 * n_slots, _EMPTY, np.int64)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _table_add(table, mask, key, count):
+    """Add ``count`` to ``key``'s slot, claiming a free one if new; returns 1 if new else 0.
+
+    The caller keeps the table at most half full (see :func:`_table_grow`).
+    """
+    s = _home(key, mask)
+    new = 0
+    while True:  # (this loop shape compiles to a tight probe; a while-condition did not)
+        k = table[2 * s]
+        if k == key:
+            break
+        if k == _EMPTY:
+            table[2 * s] = key
+            table[2 * s + 1] = 0
+            new = 1
+            break
         s = (s + 1) & mask
-    return s
+    table[2 * s + 1] += count
+    return new
 
 
 @njit(cache=True, nogil=True)
-def _grow(keys, vals):
-    new_keys = np.full(keys.size * 2, _EMPTY, np.int64)
-    new_vals = np.zeros(keys.size * 2, np.int64)
-    for s in range(keys.size):
-        if keys[s] != _EMPTY:
-            t = _slot(new_keys, keys[s])
-            new_keys[t] = keys[s]
-            new_vals[t] = vals[s]
-    return new_keys, new_vals
+def _table_grow(table):
+    """A table with twice the slots and the same entries."""
+    n_slots = table.size  # = 2 * old slot count
+    out = _new_table(n_slots)
+    mask = n_slots - 1
+    for s in range(table.size // 2):
+        key = table[2 * s]
+        if key != _EMPTY:
+            t = _home(key, mask)
+            while out[2 * t] != _EMPTY:
+                t = (t + 1) & mask
+            out[2 * t] = key
+            out[2 * t + 1] = table[2 * s + 1]
+    return out
 
 
 @njit(cache=True, nogil=True)
-def _unpack(keys, vals):
+def _table_pairs(table):
+    """(a, b, count) int64 of every entry but the background pair (0, 0)."""
     n = 0
-    for s in range(keys.size):
-        if keys[s] != _EMPTY:
+    for s in range(table.size // 2):
+        key = table[2 * s]
+        if key != _EMPTY and key != 0:
             n += 1
     a = np.empty(n, np.int64)
     b = np.empty(n, np.int64)
     c = np.empty(n, np.int64)
     k = 0
-    for s in range(keys.size):
-        if keys[s] != _EMPTY:
-            a[k] = keys[s] >> 32
-            b[k] = keys[s] & 0xFFFFFFFF
-            c[k] = vals[s]
+    for s in range(table.size // 2):
+        key = table[2 * s]
+        if key != _EMPTY and key != 0:
+            a[k] = key >> 32
+            b[k] = key & 0xFFFFFFFF
+            c[k] = table[2 * s + 1]
             k += 1
     return a, b, c
 
 
-@njit(cache=True, nogil=True)
-def _flag_pair_changes(a0, a1, b0, b1, flags):
-    """flags[t] = (a0[t], b0[t]) != (a1[t], b1[t]); plain slices so LLVM vectorises it."""
-    for t in range(a0.size):
-        flags[t] = np.uint8(((a0[t] ^ a1[t]) | (b0[t] ^ b1[t])) != 0)
+# ---------------------------------------------------------------------------------------------
+# Label images
 
 
-@njit(cache=True, nogil=True)
-def _add(keys, vals, key, count, used):
-    s = _slot(keys, key)
-    if keys[s] == _EMPTY:
-        keys[s] = key
-        used += 1
-    vals[s] += count
-    return used
+@njit(cache=True, nogil=True, inline="always")
+def _count_block_runs(gt, pred, bits, base, table, mask, used, run_start, g, p, lo, hi):
+    """Add every run of (gt, pred) pairs that ends in the block starting at pixel ``base``
+    (its change bits in ``bits``) to the table; returns the updated scan state."""
+    for w in range(bits.size):
+        word = bits[w]
+        while word != 0:
+            i = base + 64 * w + trailing_zeros(word)
+            word &= word - np.uint64(1)
+            lo = min(lo, min(g, p))
+            hi = max(hi, max(g, p))
+            used += _table_add(table, mask, (g << 32) | p, i - run_start)
+            run_start = i
+            g = np.int64(gt[i])
+            p = np.int64(pred[i])
+    return used, run_start, g, p, lo, hi
 
 
 @njit(cache=True, nogil=True)
 def label_overlaps(gt, pred):
     """Intersections of two flat label images of equal size, in one vectorised scan.
 
-    Change flags of the pair (gt, pred) are computed CHUNK pixels at a time and read 8 at a
-    time, so only pixels where a run of equal pairs ends cost more than a compare.
+    gt, pred: (N,) integer labels, 0 = background. Change bits of the pair (gt, pred) are
+    computed CHUNK pixels at a time, so only pixels where a run of equal pairs ends cost more
+    than a SIMD compare (see :mod:`kit._scan_numba`).
     Returns (a, b, count, lo, hi): every distinct (gt label, pred label) pair but (0, 0),
     background 0 included, with its pixel count (int64), and the min / max label of both images
     (lo < 0: negative labels; labels >= 2**31 do not fit the key and must be compacted).
     """
-    keys = np.full(1024, _EMPTY, np.int64)
-    vals = np.zeros(1024, np.int64)
-    used = 0
     n = gt.size
     lo = np.int64(0)
     hi = np.int64(0)
+    table = _new_table(_FIRST_SLOTS)
     if n == 0:
-        a, b, c = _unpack(keys, vals)
+        a, b, c = _table_pairs(table)
         return a, b, c, lo, hi
-    flags = np.zeros(CHUNK, np.uint8)
-    words = flags.view(np.uint64)
+    mask = _FIRST_SLOTS - 1
+    used = 0
+    bits = np.zeros(WORDS, np.uint64)
     run_start = 0
     g = np.int64(gt[0])
     p = np.int64(pred[0])
-    base = 1  # flags[t] set: pixel base + t starts a new run
-    while base < n:
+    base = 1  # bit t of a block set: pixel base + t starts a new run
+    while True:
         m = min(CHUNK, n - base)
-        while 2 * (used + m + 1) > keys.size:  # grow between chunks, never inside the run loop
-            keys, vals = _grow(keys, vals)
-        _flag_pair_changes(gt[base - 1:base - 1 + m], gt[base:base + m],
-                           pred[base - 1:base - 1 + m], pred[base:base + m], flags)
-        for t in range(m, CHUNK):
-            flags[t] = 0
-        for w in range((m + 7) // 8):
-            wd = words[w]
-            while wd != 0:
-                i = base + 8 * w + lowest_set_byte(wd)
-                wd &= wd - np.uint64(1)
-                if g != p or g != 0:  # background/background runs count for nothing
-                    lo = min(lo, min(g, p))
-                    hi = max(hi, max(g, p))
-                    used = _add(keys, vals, (g << 32) | p, i - run_start, used)
-                run_start = i
-                g = np.int64(gt[i])
-                p = np.int64(pred[i])
+        if m <= 0:
+            break
+        while 2 * (used + m + 1) > mask + 1:  # grow between blocks, never inside the run loop
+            table = _table_grow(table)
+            mask = table.size // 2 - 1
+        if m < CHUNK:
+            break
+        pair_change_bits(gt[base - 1:base - 1 + m], gt[base:base + m],
+                         pred[base - 1:base - 1 + m], pred[base:base + m], bits)
+        used, run_start, g, p, lo, hi = _count_block_runs(gt, pred, bits, base, table, mask,
+                                                          used, run_start, g, p, lo, hi)
         base += m
-    if 2 * (used + 1) > keys.size:
-        keys, vals = _grow(keys, vals)
+    if base < n:  # the last, partial block
+        m = n - base
+        pair_change_bits_tail(gt[base - 1:base - 1 + m], gt[base:base + m],
+                              pred[base - 1:base - 1 + m], pred[base:base + m], bits)
+        used, run_start, g, p, lo, hi = _count_block_runs(gt, pred, bits, base, table, mask,
+                                                          used, run_start, g, p, lo, hi)
+    if 2 * (used + 1) > mask + 1:
+        table = _table_grow(table)
+        mask = table.size // 2 - 1
     lo = min(lo, min(g, p))
     hi = max(hi, max(g, p))
-    _add(keys, vals, (g << 32) | p, n - run_start, used)
-    a, b, c = _unpack(keys, vals)
+    _table_add(table, mask, (g << 32) | p, n - run_start)
+    a, b, c = _table_pairs(table)
     return a, b, c, lo, hi
+
+
+@njit(cache=True, nogil=True)
+def pair_areas(x, count):
+    """Area of the label of every pair, and the number of distinct labels > 0.
+
+    x: (P,) labels of one side of the pairs (0 = background), count: (P,) their pixel counts,
+    every pixel of the side in exactly one pair. Returns (area (P,) int64: total count of label
+    x[q], n_labels). Per-label sums in a dense table when the labels are small (the usual case),
+    else after a sort, so a label near 2**31 costs no giant table.
+    """
+    p_n = x.size
+    area = np.empty(p_n, np.int64)
+    if p_n == 0:
+        return area, 0
+    top = x.max()
+    n_labels = 0
+    if top <= 4 * p_n + 65536:
+        total = np.zeros(top + 1, np.int64)
+        for q in range(p_n):
+            total[x[q]] += count[q]
+        for v in range(1, top + 1):
+            n_labels += total[v] > 0
+        for q in range(p_n):
+            area[q] = total[x[q]]
+        return area, n_labels
+    order = np.argsort(x, kind="mergesort")
+    j = 0
+    while j < p_n:
+        k = j
+        s = 0
+        while k < p_n and x[order[k]] == x[order[j]]:
+            s += count[order[k]]
+            k += 1
+        for r in range(j, k):
+            area[order[r]] = s
+        n_labels += x[order[j]] > 0
+        j = k
+    return area, n_labels
+
+
+@njit(cache=True, nogil=True)
+def label_pairs(gt, pred):
+    """:func:`label_overlaps` plus areas: (a, b, count, area_a, area_b, n_true, n_pred, lo, hi).
+
+    area_a[q] / area_b[q]: (P,) areas of gt label a[q] / pred label b[q]; n_true / n_pred:
+    labels > 0 present in gt / pred. When a label does not fit the key (lo < 0 or
+    hi >= 2**31) nothing but lo and hi is meaningful: compact the labels and call again.
+    """
+    a, b, c, lo, hi = label_overlaps(gt, pred)
+    if lo < 0 or hi >= 2**31:
+        a = b = c = np.zeros(0, np.int64)
+    area_a, n_true = pair_areas(a, c)
+    area_b, n_pred = pair_areas(b, c)
+    return a, b, c, area_a, area_b, n_true, n_pred, lo, hi
+
+
+@njit(cache=True, nogil=True)
+def score_labels(gt, pred):
+    """One call for the common case: (tp (N_THRESHOLDS,), n_true, n_pred, lo, hi) of two flat
+    label images; see :func:`label_pairs` for lo and hi."""
+    a, b, c, area_a, area_b, n_true, n_pred, lo, hi = label_pairs(gt, pred)
+    return match_counts(a, b, c, area_a, area_b), n_true, n_pred, lo, hi
+
+
+# ---------------------------------------------------------------------------------------------
+# Run-length instances (stacks, RLE lists), which may overlap within a side
 
 
 @njit(cache=True, nogil=True)
@@ -152,57 +262,41 @@ def run_overlaps(a_ptr, a_starts, a_lengths, b_ptr, b_starts, b_lengths, n_pixel
             for px in range(b_starts[r], b_starts[r] + b_lengths[r]):
                 owners[fill[px]] = k + 1
                 fill[px] += 1
-    keys = np.full(1024, _EMPTY, np.int64)
-    vals = np.zeros(1024, np.int64)
+    table = _new_table(_FIRST_SLOTS)
+    mask = _FIRST_SLOTS - 1
     used = 0
     for k in range(a_ptr.size - 1):
         for r in range(a_ptr[k], a_ptr[k + 1]):
             for px in range(a_starts[r], a_starts[r] + a_lengths[r]):
                 for o in range(offs[px], offs[px + 1]):
-                    used = _add(keys, vals, (np.int64(k + 1) << 32) | owners[o], 1, used)
-                    if 2 * used > keys.size:
-                        keys, vals = _grow(keys, vals)
-    return _unpack(keys, vals)
+                    used += _table_add(table, mask, (np.int64(k + 1) << 32) | owners[o], 1)
+                    if 2 * (used + 1) > mask + 1:
+                        table = _table_grow(table)
+                        mask = table.size // 2 - 1
+    return _table_pairs(table)
 
 
 @njit(cache=True, nogil=True)
-def match_counts(a, b, c, area_a, area_b):
-    """True positives at each threshold from intersections and areas.
+def match_counts(a, b, inter, area_a, area_b):
+    """True positives at each threshold from pair intersections and areas.
 
-    a, b, c: (P,) pairs as returned by the overlap kernels; area_a (A+1,), area_b (B+1,)
-    pixel areas indexed by label (index 0 ignored). A pair is a match at t_k when
-    IoU > t_k exactly, i.e. ``20 * inter > (10 + k) * union`` in integers. For t >= 0.5 an
-    instance has at most one partner with IoU > t, so counting pairs is the matching.
-    Returns tp (N_THRESHOLDS,) int64.
+    a, b, inter: (P,) pairs as returned by the overlap kernels; area_a, area_b: (P,) areas of
+    instance a[q] and instance b[q]. Pairs with a background side (0) are skipped. A pair is
+    a match at t_k when IoU > t_k exactly, i.e. ``20 * inter > (10 + k) * union`` in integers.
+    For t >= 0.5 an instance has at most one partner with IoU > t, so counting pairs is the
+    matching. Returns tp (N_THRESHOLDS,) int64.
     """
     tp = np.zeros(N_THRESHOLDS, np.int64)
     for q in range(a.size):
         if a[q] == 0 or b[q] == 0:
             continue
-        inter = c[q]
-        union = area_a[a[q]] + area_b[b[q]] - inter
+        union = area_a[q] + area_b[q] - inter[q]
         for k in range(N_THRESHOLDS):
-            if 20 * inter > (10 + k) * union:
+            if 20 * inter[q] > (10 + k) * union:
                 tp[k] += 1
             else:
                 break
     return tp
-
-
-@njit(cache=True, nogil=True)
-def areas_from_pairs(a, b, c):
-    """Per-label areas of both label images from their pair counts (index = label)."""
-    max_a = 0
-    max_b = 0
-    for q in range(a.size):
-        max_a = max(max_a, a[q])
-        max_b = max(max_b, b[q])
-    area_a = np.zeros(max_a + 1, np.int64)
-    area_b = np.zeros(max_b + 1, np.int64)
-    for q in range(a.size):
-        area_a[a[q]] += c[q]
-        area_b[b[q]] += c[q]
-    return area_a, area_b
 
 
 @njit(cache=True, nogil=True)

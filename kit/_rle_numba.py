@@ -7,6 +7,8 @@ writes digits (done here, in :func:`runs_to_ascii`).
 import numpy as np
 from numba import njit
 
+from kit._scan_numba import CHUNK, WORDS, change_bits, change_bits_tail, trailing_zeros
+
 # Error codes returned by parse_rle_bytes (0 = ok). kit.rle turns them into messages.
 ERR_NOT_INT = 1
 ERR_ODD = 2
@@ -14,30 +16,6 @@ ERR_START_LT_1 = 3
 ERR_LENGTH_LT_1 = 4
 ERR_PAST_END = 5
 ERR_UNSORTED = 6
-
-
-CHUNK = 512  # pixels per block of change flags: the flags stay in L1
-
-
-@njit(cache=True, nogil=True)
-def flag_changes(a0, a1, flags):
-    """flags[t] = a0[t] != a1[t]; plain slices so LLVM vectorises the loop."""
-    for t in range(a0.size):
-        flags[t] = np.uint8((a0[t] ^ a1[t]) != 0)
-
-
-_BYTES_01 = np.uint64(0x0101010101010101)
-
-
-@njit(cache=True, nogil=True)
-def lowest_set_byte(word):
-    """Index (0..7) of the lowest non-zero byte of a non-zero uint64 of 0/1 bytes.
-
-    ``word & -word`` keeps the lowest set bit, at bit 8k; minus one leaves k bytes of 0xFF,
-    and the byte-sum multiply counts them. Branch-free and portable (no intrinsics).
-    """
-    low = word & (~word + np.uint64(1))
-    return np.int64((((low - np.uint64(1)) & _BYTES_01) * _BYTES_01) >> np.uint64(56))
 
 
 @njit(cache=True, nogil=True)
@@ -51,14 +29,35 @@ def _grow3(x, y, z, n, cap):
     return x2, y2, z2
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _keep_block_runs(flat, bits, base, vals, starts, lens, nr, run_start, v, lo, hi):
+    """Append every non-zero run that ends in the block starting at pixel ``base`` (its
+    change bits in ``bits``); returns the updated scan state. The caller makes room."""
+    for w in range(bits.size):
+        word = bits[w]
+        while word != 0:
+            i = base + 64 * w + trailing_zeros(word)
+            word &= word - np.uint64(1)
+            if v != 0:
+                vals[nr] = v
+                starts[nr] = run_start
+                lens[nr] = i - run_start
+                nr += 1
+                lo = min(lo, v)
+                hi = max(hi, v)
+            run_start = i
+            v = np.int64(flat[i])
+    return nr, run_start, v, lo, hi
+
+
 @njit(cache=True, nogil=True)
 def scan_runs(flat):
     """Every non-zero run of a flat label image, in scan order, in ONE vectorised pass.
 
-    flat: (H*W,) integer labels. Change flags are computed CHUNK pixels at a time and read
-    8 at a time (a zero uint64 word = 8 pixels without a change), so the per-pixel work is
-    one vectorised compare. Returns (values, starts, lengths, lo, hi): int64 runs (0-based
-    starts) and the min / max label seen (0 included; lo < 0 flags negative labels).
+    flat: (H*W,) integer labels. Change bits are computed CHUNK pixels at a time (see
+    :mod:`kit._scan_numba`), so the per-pixel work is one vectorised compare. Returns
+    (values, starts, lengths, lo, hi): int64 runs (0-based starts) and the min / max label
+    seen (0 included; lo < 0 flags negative labels).
     """
     n = flat.size
     cap = 4096
@@ -70,34 +69,28 @@ def scan_runs(flat):
     hi = np.int64(0)
     if n == 0:
         return vals[:0], starts[:0], lens[:0], lo, hi
-    flags = np.zeros(CHUNK, np.uint8)
-    words = flags.view(np.uint64)
+    bits = np.zeros(WORDS, np.uint64)
     run_start = 0
     v = np.int64(flat[0])
-    base = 1  # flags[t] set: pixel base + t starts a new run
-    while base < n:
+    base = 1  # bit t of a block set: pixel base + t starts a new run
+    while True:
         m = min(CHUNK, n - base)
+        if m <= 0:
+            break
         if nr + m + 1 > cap:
             cap = 2 * (nr + m + 1)
             vals, starts, lens = _grow3(vals, starts, lens, nr, cap)
-        flag_changes(flat[base - 1:base - 1 + m], flat[base:base + m], flags)
-        for t in range(m, CHUNK):
-            flags[t] = 0
-        for w in range((m + 7) // 8):
-            wd = words[w]
-            while wd != 0:
-                i = base + 8 * w + lowest_set_byte(wd)
-                wd &= wd - np.uint64(1)
-                if v != 0:
-                    vals[nr] = v
-                    starts[nr] = run_start
-                    lens[nr] = i - run_start
-                    nr += 1
-                    lo = min(lo, v)
-                    hi = max(hi, v)
-                run_start = i
-                v = np.int64(flat[i])
+        if m < CHUNK:
+            break
+        change_bits(flat[base - 1:base - 1 + m], flat[base:base + m], bits)
+        nr, run_start, v, lo, hi = _keep_block_runs(flat, bits, base, vals, starts, lens, nr,
+                                                    run_start, v, lo, hi)
         base += m
+    if base < n:  # the last, partial block (room was made above)
+        m = n - base
+        change_bits_tail(flat[base - 1:base - 1 + m], flat[base:base + m], bits)
+        nr, run_start, v, lo, hi = _keep_block_runs(flat, bits, base, vals, starts, lens, nr,
+                                                    run_start, v, lo, hi)
     if v != 0:
         if nr + 1 > cap:
             vals, starts, lens = _grow3(vals, starts, lens, nr, nr + 1)

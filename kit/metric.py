@@ -37,12 +37,20 @@ class ImageScore:
     """Result for one image. ``tp``/``fp``/``fn``: (10,) int64 counts at each of THRESHOLDS."""
 
     tp: np.ndarray
-    fp: np.ndarray
-    fn: np.ndarray
     n_true: int
     n_pred: int
     id: str = ""
     cell_type: str | None = None
+
+    @property
+    def fp(self) -> np.ndarray:
+        """(10,) int64 predicted instances without a match at each threshold."""
+        return self.n_pred - self.tp
+
+    @property
+    def fn(self) -> np.ndarray:
+        """(10,) int64 true instances without a match at each threshold."""
+        return self.n_true - self.tp
 
     @property
     def per_threshold(self) -> np.ndarray:
@@ -93,24 +101,51 @@ def _is_label_image(x) -> bool:
     return isinstance(x, np.ndarray) and x.ndim == 2
 
 
+def _checked_label_pair(gt, pred, shape):
+    """Both label images checked, same shape, flattened: (gt (N,), pred (N,), shape)."""
+    if (shape is None and type(gt) is np.ndarray and type(pred) is np.ndarray and gt.ndim == 2
+            and gt.shape == pred.shape and gt.dtype.kind in "iu" and pred.dtype.kind in "iu"
+            and gt.flags.c_contiguous and pred.flags.c_contiguous):  # the common case, quickly
+        return gt.reshape(-1), pred.reshape(-1), gt.shape
+    g = _rle.check_label_image(gt, "gt")
+    p = _rle.check_label_image(pred, "pred")
+    if g.shape != p.shape:
+        raise ValueError(f"gt ({g.shape}) and pred ({p.shape}) have different shapes")
+    if shape is not None and tuple(shape) != g.shape:
+        raise ValueError(f"shape {tuple(shape)} does not match the label images {g.shape}")
+    return g.reshape(-1), p.reshape(-1), g.shape
+
+
+def _label_keys_fit(lo, hi) -> bool:
+    """Labels of a scan fit the (gt << 32) | pred key: 0 <= label < 2**31."""
+    return lo >= 0 and hi < 2**31
+
+
+def _compacted(g, p):
+    """Both flat label images with labels renumbered 0..K, and each one's original label of
+    every compact label: (g, p, g_values, p_values). Negative labels: ValueError."""
+    for x, name in ((g, "gt"), (p, "pred")):
+        if np.issubdtype(x.dtype, np.signedinteger) and x.size and x.min() < 0:
+            raise _rle.negative_labels_error(x, name)
+    (gc, g_values), (pc, p_values) = _rle.compact_labels(g), _rle.compact_labels(p)
+    return gc, pc, g_values, p_values
+
+
 def _pairs(gt, pred, shape):
-    """(a, b, count, area_gt, area_pred) for any accepted input pair (see module docstring)."""
+    """(a, b, inter, area_a, area_b, n_true, n_pred) for any accepted input pair.
+
+    a, b, inter: (P,) int64 overlapping pairs (index 0 = background, on one side at most) and
+    their intersection in pixels; area_a, area_b: (P,) areas of instance a[q] / b[q];
+    n_true, n_pred: instances with a non-zero area on each side.
+    """
     if _is_label_image(gt) and _is_label_image(pred):
-        g = _rle.check_label_image(gt, "gt")
-        p = _rle.check_label_image(pred, "pred")
-        if g.shape != p.shape:
-            raise ValueError(f"gt ({g.shape}) and pred ({p.shape}) have different shapes")
-        if shape is not None and tuple(shape) != g.shape:
-            raise ValueError(f"shape {tuple(shape)} does not match the label images {g.shape}")
-        a, b, c, lo, hi = _k.label_overlaps(g.reshape(-1), p.reshape(-1))
-        if lo < 0 or hi >= 2**31:
-            for x, name in ((g, "gt"), (p, "pred")):
-                if np.issubdtype(x.dtype, np.signedinteger) and x.size and x.min() < 0:
-                    raise _rle.negative_labels_error(x, name)
-            a, b, c, _, _ = _k.label_overlaps(_rle.compact_labels(g)[0].reshape(-1),
-                                              _rle.compact_labels(p)[0].reshape(-1))
-        area_a, area_b = _k.areas_from_pairs(a, b, c)
-        return a, b, c, area_a, area_b
+        g, p, _ = _checked_label_pair(gt, pred, shape)
+        out = _k.label_pairs(g, p)
+        if _label_keys_fit(out[-2], out[-1]):
+            return out[:-2]
+        gc, pc, g_values, p_values = _compacted(g, p)
+        a, b, c, area_a, area_b, n_true, n_pred, _, _ = _k.label_pairs(gc, pc)
+        return g_values[a], p_values[b], c, area_a, area_b, n_true, n_pred
     if shape is None:  # a list of RLEs takes its shape from an array on the other side
         shape = next((x.shape[-2:] for x in (gt, pred) if isinstance(x, np.ndarray)), None)
     ga = _label_runs(_rle.check_label_image(gt, "gt"), "gt") if _is_label_image(gt) else \
@@ -120,7 +155,9 @@ def _pairs(gt, pred, shape):
     if ga[4] != pa[4]:
         raise ValueError(f"gt ({ga[4]}) and pred ({pa[4]}) have different shapes")
     a, b, c = _k.run_overlaps(ga[0], ga[1], ga[2], pa[0], pa[1], pa[2], ga[3])
-    return a, b, c, _k.run_areas(ga[0], ga[2]), _k.run_areas(pa[0], pa[2])
+    area_a, area_b = _k.run_areas(ga[0], ga[2]), _k.run_areas(pa[0], pa[2])
+    return (a, b, c, area_a[a], area_b[b], int(np.count_nonzero(area_a[1:])),
+            int(np.count_nonzero(area_b[1:])))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,12 +173,15 @@ def image_score(gt, pred, shape=None, *, id: str = "", cell_type: str | None = N
     >>> image_score(a, a).score
     1.0
     """
-    a, b, c, area_a, area_b = _pairs(gt, pred, shape)
-    tp = _k.match_counts(a, b, c, area_a, area_b)
-    n_true = int(np.count_nonzero(area_a[1:]))
-    n_pred = int(np.count_nonzero(area_b[1:]))
-    return ImageScore(tp=tp, fp=n_pred - tp, fn=n_true - tp, n_true=n_true, n_pred=n_pred,
-                      id=id, cell_type=cell_type)
+    if _is_label_image(gt) and _is_label_image(pred):  # the hot path: one kernel call
+        g, p, _ = _checked_label_pair(gt, pred, shape)
+        tp, n_true, n_pred, lo, hi = _k.score_labels(g, p)
+        if not _label_keys_fit(lo, hi):
+            tp, n_true, n_pred, _, _ = _k.score_labels(*_compacted(g, p)[:2])
+    else:
+        a, b, c, area_a, area_b, n_true, n_pred = _pairs(gt, pred, shape)
+        tp = _k.match_counts(a, b, c, area_a, area_b)
+    return ImageScore(tp=tp, n_true=n_true, n_pred=n_pred, id=id, cell_type=cell_type)
 
 
 def iou_pairs(gt, pred, shape=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -149,10 +189,10 @@ def iou_pairs(gt, pred, shape=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
     Indices are labels for label images and 1-based list positions for stacks/RLE lists.
     """
-    a, b, c, area_a, area_b = _pairs(gt, pred, shape)
+    a, b, c, area_a, area_b, _, _ = _pairs(gt, pred, shape)
     keep = (a > 0) & (b > 0)
     a, b, c = a[keep], b[keep], c[keep]
-    iou = c / (area_a[a] + area_b[b] - c)
+    iou = c / (area_a[keep] + area_b[keep] - c)
     order = np.lexsort((b, a))
     return a[order], b[order], iou[order]
 

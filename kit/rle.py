@@ -136,7 +136,7 @@ def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     uniq, inverse = np.unique(labels, return_inverse=True)
     shift = 0 if uniq[0] == 0 else 1
-    values = np.concatenate([[0], uniq]) if shift else uniq
+    values = np.concatenate([np.zeros(1, uniq.dtype), uniq]) if shift else uniq
     return (inverse.reshape(labels.shape) + shift).astype(np.int64), values
 
 

@@ -182,3 +182,42 @@ def test_chunk_edges_and_label_ranges(shape):
         pytest.approx(expected, abs=1e-12)
     with pytest.raises(ValueError, match="pred has negative labels"):
         metric.image_score(gt, -pred.astype(np.int32))
+
+
+@pytest.mark.parametrize("top", [2**31 - 1, 2**31, 2**40])
+def test_labels_near_the_key_limit_cost_no_dense_table(top):
+    """Labels just below 2**31 fit the pair key but are far too large for a per-label
+    table (one would be 16 GB): they must be scored like any other labels, and iou_pairs too."""
+    gt = np.zeros((6, 7), np.int64)
+    gt[:3, :3] = top
+    gt[3:, 4:] = 5
+    pred = np.zeros_like(gt)
+    pred[:3, :2] = top - 1  # IoU 6/9 with gt's `top`
+    pred[3:, 4:] = 5        # exact match
+    small = np.where(gt == top, 1, gt), np.where(pred == top - 1, 2, pred)
+    expected = metric.image_score(*small)
+    got = metric.image_score(gt, pred)
+    np.testing.assert_array_equal(got.tp, expected.tp)
+    assert (got.n_true, got.n_pred) == (2, 2)
+    a, b, iou = metric.iou_pairs(gt, pred)
+    assert a.tolist() == [5, top] and b.tolist() == [5, top - 1]
+    np.testing.assert_allclose(iou, [1.0, 6 / 9])
+    big = np.uint64(2**63 + 7)  # past int64: labels come back exact, not as floats
+    a, b, _ = metric.iou_pairs(gt, np.where(pred > 0, big, np.uint64(0)))
+    assert b.dtype == np.uint64 and b.tolist() == [int(big), int(big)]
+
+
+def test_pair_areas_dense_and_sorted_paths_agree():
+    """The two ways kit._metric_numba.pair_areas sums per-label areas give the same answer."""
+    from kit import _metric_numba as k
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 40, 300)
+    count = rng.integers(1, 50, 300)
+    dense_area, dense_n = k.pair_areas(x, count)
+    shift = np.where(x > 0, x + 10**12, 0)  # same grouping, labels too large for a table
+    sorted_area, sorted_n = k.pair_areas(shift, count)
+    expected = np.array([count[x == v].sum() for v in x])
+    np.testing.assert_array_equal(dense_area, expected)
+    np.testing.assert_array_equal(sorted_area, expected)
+    assert dense_n == sorted_n == len(set(x[x > 0].tolist()))
