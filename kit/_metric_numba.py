@@ -17,7 +17,9 @@ from kit._scan_numba import (CHUNK, WORDS, pair_change_bits, pair_change_bits_ta
 N_THRESHOLDS = 10  # t_k = (10 + k) / 20 for k = 0..9, i.e. 0.50, 0.55, ..., 0.95
 _EMPTY = -1
 _HASH = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: key * 2**64 / golden ratio
-_FIRST_SLOTS = 2048  # >= 2 * (CHUNK + 1): a chunk's runs never fill the table past half
+# Slots of a new table: the power of two >= 2 (CHUNK + 1), so one block's runs cannot fill it
+# past half (the table grows between blocks).
+_FIRST_SLOTS = 1 << (2 * (CHUNK + 1) - 1).bit_length()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,9 +110,10 @@ def _count_block_runs(gt, pred, bits, base, table, mask, used, run_start, g, p, 
         while word != 0:
             i = base + 64 * w + trailing_zeros(word)
             word &= word - np.uint64(1)
-            lo = min(lo, min(g, p))
-            hi = max(hi, max(g, p))
-            used += _table_add(table, mask, (g << 32) | p, i - run_start)
+            if _table_add(table, mask, (g << 32) | p, i - run_start):
+                used += 1  # a new pair: only new pairs can move the label range
+                lo = min(lo, min(g, p))
+                hi = max(hi, max(g, p))
             run_start = i
             g = np.int64(gt[i])
             p = np.int64(pred[i])
@@ -118,23 +121,14 @@ def _count_block_runs(gt, pred, bits, base, table, mask, used, run_start, g, p, 
 
 
 @njit(cache=True, nogil=True)
-def label_overlaps(gt, pred):
-    """Intersections of two flat label images of equal size, in one vectorised scan.
-
-    gt, pred: (N,) integer labels, 0 = background. Change bits of the pair (gt, pred) are
-    computed CHUNK pixels at a time, so only pixels where a run of equal pairs ends cost more
-    than a SIMD compare (see :mod:`kit._scan_numba`).
-    Returns (a, b, count, lo, hi): every distinct (gt label, pred label) pair but (0, 0),
-    background 0 included, with its pixel count (int64), and the min / max label of both images
-    (lo < 0: negative labels; labels >= 2**31 do not fit the key and must be compacted).
-    """
+def _pair_table(gt, pred):
+    """(table, lo, hi) of two flat label images; see :func:`label_overlaps`."""
     n = gt.size
     lo = np.int64(0)
     hi = np.int64(0)
     table = _new_table(_FIRST_SLOTS)
     if n == 0:
-        a, b, c = _table_pairs(table)
-        return a, b, c, lo, hi
+        return table, lo, hi
     mask = _FIRST_SLOTS - 1
     used = 0
     bits = np.zeros(WORDS, np.uint64)
@@ -168,6 +162,21 @@ def label_overlaps(gt, pred):
     lo = min(lo, min(g, p))
     hi = max(hi, max(g, p))
     _table_add(table, mask, (g << 32) | p, n - run_start)
+    return table, lo, hi
+
+
+@njit(cache=True, nogil=True)
+def label_overlaps(gt, pred):
+    """Intersections of two flat label images of equal size, in one vectorised scan.
+
+    gt, pred: (N,) integer labels, 0 = background. Change bits of the pair (gt, pred) are
+    computed CHUNK pixels at a time, so only pixels where a run of equal pairs ends cost more
+    than a SIMD compare (see :mod:`kit._scan_numba`).
+    Returns (a, b, count, lo, hi): every distinct (gt label, pred label) pair but (0, 0),
+    background 0 included, with its pixel count (int64), and the min / max label of both images
+    (lo < 0: negative labels; labels >= 2**31 do not fit the key and must be compacted).
+    """
+    table, lo, hi = _pair_table(gt, pred)
     a, b, c = _table_pairs(table)
     return a, b, c, lo, hi
 
@@ -219,19 +228,64 @@ def label_pairs(gt, pred):
     labels > 0 present in gt / pred. When a label does not fit the key (lo < 0 or
     hi >= 2**31) nothing but lo and hi is meaningful: compact the labels and call again.
     """
-    a, b, c, lo, hi = label_overlaps(gt, pred)
+    table, lo, hi = _pair_table(gt, pred)
+    return _pairs_with_areas(table, lo, hi) + (lo, hi)
+
+
+@njit(cache=True, nogil=True)
+def _pairs_with_areas(table, lo, hi):
+    """(a, b, count, area_a, area_b, n_true, n_pred) of a pair table (empty if lo/hi say the
+    labels did not fit the key)."""
+    a, b, c = _table_pairs(table)
     if lo < 0 or hi >= 2**31:
         a = b = c = np.zeros(0, np.int64)
     area_a, n_true = pair_areas(a, c)
     area_b, n_pred = pair_areas(b, c)
-    return a, b, c, area_a, area_b, n_true, n_pred, lo, hi
+    return a, b, c, area_a, area_b, n_true, n_pred
+
+
+@njit(cache=True, nogil=True)
+def _score_small_labels(table, hi):
+    """(tp, n_true, n_pred) straight from a pair table whose labels lie in 0..hi (small):
+    per-label areas in dense (hi + 1,) tables, then one pass over the pairs."""
+    area_a = np.zeros(hi + 1, np.int64)
+    area_b = np.zeros(hi + 1, np.int64)
+    for s in range(table.size // 2):
+        key = table[2 * s]
+        if key != _EMPTY:
+            area_a[key >> 32] += table[2 * s + 1]
+            area_b[key & 0xFFFFFFFF] += table[2 * s + 1]
+    tp = np.zeros(N_THRESHOLDS, np.int64)
+    for s in range(table.size // 2):
+        key = table[2 * s]
+        a = key >> 32
+        b = key & 0xFFFFFFFF
+        if key == _EMPTY or a == 0 or b == 0:
+            continue
+        inter = table[2 * s + 1]
+        union = area_a[a] + area_b[b] - inter
+        for k in range(N_THRESHOLDS):
+            if 20 * inter > (10 + k) * union:
+                tp[k] += 1
+            else:
+                break
+    n_true = 0
+    n_pred = 0
+    for v in range(1, hi + 1):
+        n_true += area_a[v] > 0
+        n_pred += area_b[v] > 0
+    return tp, n_true, n_pred
 
 
 @njit(cache=True, nogil=True)
 def score_labels(gt, pred):
     """One call for the common case: (tp (N_THRESHOLDS,), n_true, n_pred, lo, hi) of two flat
     label images; see :func:`label_pairs` for lo and hi."""
-    a, b, c, area_a, area_b, n_true, n_pred, lo, hi = label_pairs(gt, pred)
+    table, lo, hi = _pair_table(gt, pred)
+    if lo >= 0 and hi <= 4 * (table.size // 2) + 65536:  # small labels: no pair arrays
+        tp, n_true, n_pred = _score_small_labels(table, hi)
+        return tp, n_true, n_pred, lo, hi
+    a, b, c, area_a, area_b, n_true, n_pred = _pairs_with_areas(table, lo, hi)
     return match_counts(a, b, c, area_a, area_b), n_true, n_pred, lo, hi
 
 
