@@ -7,7 +7,7 @@ writes digits (done here, in :func:`runs_to_ascii`).
 import numpy as np
 from numba import njit
 
-from kit._scan_numba import CHUNK, WORDS, change_bits, change_bits_tail, trailing_zeros
+from kit._scan_numba import CHUNK, WORDS, change_bits, pair_change_bits_tail, trailing_zeros
 
 # Error codes returned by parse_rle_bytes (0 = ok). kit.rle turns them into messages.
 ERR_NOT_INT = 1
@@ -88,7 +88,8 @@ def scan_runs(flat):
         base += m
     if base < n:  # the last, partial block (room was made above)
         m = n - base
-        change_bits_tail(flat[base - 1:base - 1 + m], flat[base:base + m], bits)
+        a0 = flat[base - 1:base - 1 + m]
+        pair_change_bits_tail(a0, flat[base:base + m], a0, a0, bits)
         nr, run_start, v, lo, hi = _keep_block_runs(flat, bits, base, vals, starts, lens, nr,
                                                     run_start, v, lo, hi)
     if v != 0:

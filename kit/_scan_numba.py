@@ -10,8 +10,8 @@ Calling convention of the bit builders: ``a0 = x[base - 1:base - 1 + m]`` and
 ``a1 = x[base:base + m]`` (slices, not indices: numba drops its negative-index checks on
 ``range`` induction variables, which is what lets the loops vectorise). Bit r of bits[q] set
 means pixel ``base + 64 q + r`` starts a new run. Scans call the full-block builder from
-one place in their block loop and the ``*_tail`` builder once after it: a second call site
-inside the loop measurably slowed the vectorised loop (about 30 %).
+one place in their block loop and :func:`pair_change_bits_tail` once after it: a second call
+site inside the loop measurably slowed the vectorised loop (about 30 %).
 
 Private: no input checks.
 """
@@ -60,21 +60,9 @@ def pair_change_bits(a0, a1, b0, b1, bits):
 
 
 @njit(cache=True, nogil=True)
-def change_bits_tail(a0, a1, bits):
-    """:func:`change_bits` of a last, partial block: a0, a1 (m,), m < CHUNK; bits past m 0."""
-    m = a0.size
-    for q in range(bits.size):
-        acc = np.uint64(0)
-        for r in range(64):
-            t = 64 * q + r
-            if t < m:
-                acc |= np.uint64(a0[t] != a1[t]) << np.uint64(r)
-        bits[q] = acc
-
-
-@njit(cache=True, nogil=True)
 def pair_change_bits_tail(a0, a1, b0, b1, bits):
-    """:func:`pair_change_bits` of a last, partial block of m < CHUNK pixels; bits past m 0."""
+    """:func:`pair_change_bits` of a last, partial block of m < CHUNK pixels; bits past m 0.
+    A single image's last block: pass (x0, x1, x0, x0), the second pair never changes."""
     m = a0.size
     for q in range(bits.size):
         acc = np.uint64(0)
