@@ -145,8 +145,7 @@ def _pair_table(gt, pred):
             mask = table.size // 2 - 1
         if m < CHUNK:
             break
-        pair_change_bits(gt[base - 1:base - 1 + m], gt[base:base + m],
-                         pred[base - 1:base - 1 + m], pred[base:base + m], bits)
+        pair_change_bits(gt[base - 1:base + m], pred[base - 1:base + m], bits)
         used, run_start, g, p, lo, hi = _count_block_runs(gt, pred, bits, base, table, mask,
                                                           used, run_start, g, p, lo, hi)
         base += m

@@ -82,7 +82,7 @@ def scan_runs(flat):
             vals, starts, lens = _grow3(vals, starts, lens, nr, cap)
         if m < CHUNK:
             break
-        change_bits(flat[base - 1:base - 1 + m], flat[base:base + m], bits)
+        change_bits(flat[base - 1:base + m], bits)
         nr, run_start, v, lo, hi = _keep_block_runs(flat, bits, base, vals, starts, lens, nr,
                                                     run_start, v, lo, hi)
         base += m
