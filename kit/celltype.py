@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from kit import CELL_TYPES
+from kit.atomic import atomic_open
 
 FILE_NAME = "celltype.joblib"
 
@@ -95,10 +96,8 @@ class CellTypeClassifier:
         import joblib
 
         path = Path(folder) / FILE_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        joblib.dump(self.model, tmp)
-        tmp.replace(path)
+        with atomic_open(path, "wb") as f:
+            joblib.dump(self.model, f)
         return path
 
     @classmethod

@@ -50,6 +50,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from kit import CELL_TYPES
+from kit.atomic import atomic_open
 from kit.postprocess import Detections, PostprocessConfig
 
 __all__ = ["TRANSFORMS", "tta_apply", "tta_invert_labels", "tta_invert_detections",
@@ -547,9 +548,8 @@ class EnsembleModel:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         doc = {"type": self.TYPE, "config": kconfig.to_dict(self.config)}
-        tmp = folder / "model.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        tmp.replace(folder / "model.json")
+        with atomic_open(folder / "model.json") as f:
+            f.write(json.dumps(doc, indent=1) + "\n")
         return folder
 
     def sources(self, image: np.ndarray, cell_type: str | None, weights=None,
@@ -631,9 +631,8 @@ def make_ensemble(out, members: Sequence[tuple[str, float]], tta: Sequence[str] 
             shutil.copyfile(src, out / "celltype.joblib")
             break
     doc = {"type": EnsembleModel.TYPE, "config": kconfig.to_dict(cfg)}
-    tmp = out / "model.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(out / "model.json")
+    with atomic_open(out / "model.json") as f:
+        f.write(json.dumps(doc, indent=1) + "\n")
     return out
 
 

@@ -58,6 +58,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from kit import CELL_TYPES
+from kit.atomic import atomic_open
 
 __all__ = ["GRIDS", "read_tuned", "apply_tuned", "build_cache", "load_cache", "render",
            "search", "SearchResult", "TypeResult", "cellpose_labels"]
@@ -289,9 +290,8 @@ def build_cache(model_dir, records, out, progress: bool = True) -> Path:
     meta = {"format": CACHE_FORMAT, "model_type": kind, "model": str(model_dir),
             "sources": sources, "defaults": _defaults_of(model, kind), "images": images,
             "seconds": round(time.time() - t0, 1)}
-    tmp = out / (CACHE_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    tmp.replace(out / CACHE_FILE)
+    with atomic_open(out / CACHE_FILE) as f:
+        f.write(json.dumps(meta, indent=1) + "\n")
     return out
 
 
@@ -641,9 +641,8 @@ def write_outputs(out: Path, meta: dict, result: SearchResult, cache_dir, gt) ->
               f"# model: {meta.get('model')} ({meta['model_type']}); searched: {', '.join(result.params)}",
               "# MAP on the cached out-of-fold images (kit.metric), before = the model's parameters:"]
     header += ["#   " + line for line in result.table().splitlines()]
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(header) + "\n" + read_back_check)
-    tmp.replace(out)
+    with atomic_open(out) as f:
+        f.write("\n".join(header) + "\n" + read_back_check)
     read_tuned(out)  # what we wrote must read back
     md = out.with_suffix(".md")
     lines = [f"# Tuning of {meta.get('model')} ({meta['model_type']})", "",

@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from kit import CELL_TYPES
+from kit.atomic import atomic_open
 
 __all__ = ["BaselineParams", "DEFAULT_PARAMS", "predict_labels", "BaselineModel"]
 
@@ -210,9 +211,8 @@ class BaselineModel:
         d = Path(model_dir)
         d.mkdir(parents=True, exist_ok=True)
         doc = {"type": self.TYPE, "params": {ct: p.to_dict() for ct, p in self.params.items()}}
-        tmp = d / "model.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-        tmp.replace(d / "model.json")
+        with atomic_open(d / "model.json") as f:
+            f.write(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         return d
 
     @classmethod

@@ -55,7 +55,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -66,6 +65,7 @@ import numpy as np
 
 from kit import CELL_TYPES
 from kit import config as _config
+from kit.atomic import atomic_open
 
 __all__ = [
     "CellposeConfig", "TrainConfig", "SizeModelConfig", "InferenceConfig", "CellTypeConfig",
@@ -437,15 +437,13 @@ def _load_state_dict(net, path: Path, expect_diam_mean: float | None) -> None:
 def _atomic_torch_save(obj, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _write_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        f.write(json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def _versions() -> dict:

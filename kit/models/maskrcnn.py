@@ -41,6 +41,7 @@ from typing import Literal
 import numpy as np
 
 from kit import CELL_TYPES
+from kit.atomic import atomic_open
 from kit.postprocess import Detections, PostprocessConfig, paint, select
 
 __all__ = ["ModelConfig", "TrainConfig", "MaskRCNNConfig", "DEFAULT_CONFIG_FILE", "load_config",
@@ -595,15 +596,14 @@ class MaskRCNNModel:
         d = Path(model_dir)
         d.mkdir(parents=True, exist_ok=True)
         sd = self.net.state_dict() if state_dict is None else state_dict
-        tmp = d / (self.WEIGHTS + ".tmp")
-        torch.save({"model": {k: v.detach().cpu() for k, v in sd.items()},
-                    "classes": list(self.class_names)}, tmp)
-        tmp.replace(d / self.WEIGHTS)
+        # weights first, so a model.json never names weights that are missing
+        with atomic_open(d / self.WEIGHTS, "wb") as f:
+            torch.save({"model": {k: v.detach().cpu() for k, v in sd.items()},
+                        "classes": list(self.class_names)}, f)
         doc = {"type": self.TYPE, "weights": self.WEIGHTS, "config": kconfig.to_dict(self.config),
                **self.extra}
-        tmp = d / "model.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        tmp.replace(d / "model.json")
+        with atomic_open(d / "model.json") as f:
+            f.write(json.dumps(doc, indent=1) + "\n")
         return d
 
     @classmethod

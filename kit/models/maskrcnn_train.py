@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kit.atomic import atomic_open
 from kit.models.maskrcnn import MaskRCNNConfig, MaskRCNNModel, build_network, load_config, load_pretrained
 
 __all__ = ["fit", "lr_at", "evaluate", "livecell_classes"]
@@ -132,10 +133,8 @@ def _optimizer(net, tcfg):
 def _atomic_save(obj, path: Path):
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    with atomic_open(path, "wb") as f:  # creates path.parent
+        torch.save(obj, f)
 
 
 class _Trainer:
