@@ -30,6 +30,15 @@ def _grow3(x, y, z, n, cap):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _append_run(vals, starts, lens, nr, v, start, end, lo, hi):
+    """Append run [start, end) of label v (non-zero) at nr; returns (nr + 1, lo, hi)."""
+    vals[nr] = v
+    starts[nr] = start
+    lens[nr] = end - start
+    return nr + 1, min(lo, v), max(hi, v)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _keep_block_runs(flat, bits, base, vals, starts, lens, nr, run_start, v, lo, hi):
     """Append every non-zero run that ends in the block starting at pixel ``base`` (its
     change bits in ``bits``); returns the updated scan state. The caller makes room."""
@@ -39,12 +48,7 @@ def _keep_block_runs(flat, bits, base, vals, starts, lens, nr, run_start, v, lo,
             i = base + 64 * w + trailing_zeros(word)
             word &= word - np.uint64(1)
             if v != 0:
-                vals[nr] = v
-                starts[nr] = run_start
-                lens[nr] = i - run_start
-                nr += 1
-                lo = min(lo, v)
-                hi = max(hi, v)
+                nr, lo, hi = _append_run(vals, starts, lens, nr, v, run_start, i, lo, hi)
             run_start = i
             v = np.int64(flat[i])
     return nr, run_start, v, lo, hi
@@ -95,12 +99,7 @@ def scan_runs(flat):
     if v != 0:
         if nr + 1 > cap:
             vals, starts, lens = _grow3(vals, starts, lens, nr, nr + 1)
-        vals[nr] = v
-        starts[nr] = run_start
-        lens[nr] = n - run_start
-        nr += 1
-        lo = min(lo, v)
-        hi = max(hi, v)
+        nr, lo, hi = _append_run(vals, starts, lens, nr, v, run_start, n, lo, hi)
     return vals[:nr], starts[:nr], lens[:nr], lo, hi
 
 
