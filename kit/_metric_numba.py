@@ -243,6 +243,17 @@ def _pairs_with_areas(table, lo, hi):
     return a, b, c, area_a, area_b, n_true, n_pred
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _count_match(tp, inter, union):
+    """Add one pair to tp (N_THRESHOLDS,): a match at t_k when IoU > t_k exactly, i.e.
+    ``20 * inter > (10 + k) * union`` in integers (thresholds ascend, so stop at the first miss)."""
+    for k in range(N_THRESHOLDS):
+        if 20 * inter > (10 + k) * union:
+            tp[k] += 1
+        else:
+            break
+
+
 @njit(cache=True, nogil=True)
 def _score_small_labels(table, hi):
     """(tp, n_true, n_pred) straight from a pair table whose labels lie in 0..hi (small):
@@ -262,12 +273,7 @@ def _score_small_labels(table, hi):
         if key == _EMPTY or a == 0 or b == 0:
             continue
         inter = table[2 * s + 1]
-        union = area_a[a] + area_b[b] - inter
-        for k in range(N_THRESHOLDS):
-            if 20 * inter > (10 + k) * union:
-                tp[k] += 1
-            else:
-                break
+        _count_match(tp, inter, area_a[a] + area_b[b] - inter)
     n_true = 0
     n_pred = 0
     for v in range(1, hi + 1):
@@ -343,12 +349,7 @@ def match_counts(a, b, inter, area_a, area_b):
     for q in range(a.size):
         if a[q] == 0 or b[q] == 0:
             continue
-        union = area_a[q] + area_b[q] - inter[q]
-        for k in range(N_THRESHOLDS):
-            if 20 * inter[q] > (10 + k) * union:
-                tp[k] += 1
-            else:
-                break
+        _count_match(tp, inter[q], area_a[q] + area_b[q] - inter[q])
     return tp
 
 
