@@ -21,6 +21,16 @@ def run_module(*args, check=False, cwd=None):
     return done
 
 
+@pytest.fixture
+def torch_one_thread():
+    """torch on one thread for the test, restored after (model tests on a 2-core machine)."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
     """A 14-train / 3-test synthetic competition directory at a reduced image size."""

@@ -22,15 +22,8 @@ FIXTURE = (Path(__file__).resolve().parents[2] / "shared" / "fixtures"
            / "detectron2_mask_rcnn_R_50_FPN_3x_state_dict_shapes.json")
 K = 3
 
-pytestmark = pytest.mark.skipif(not FIXTURE.is_file(), reason=f"fixture {FIXTURE} not present")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.skipif(not FIXTURE.is_file(), reason=f"fixture {FIXTURE} not present"),
+              pytest.mark.usefixtures("torch_one_thread")]
 
 
 def d2_random_state_dict(seed=0):

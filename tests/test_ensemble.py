@@ -15,13 +15,7 @@ from tests.conftest import run_module
 M = 8  # mask grid of the hand-made detectors
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch = pytest.importorskip("torch")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,12 +20,7 @@ SHAPE = (64, 96)
 SQ = 10  # GT cells: SQ x SQ squares
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def write_train_csv(path: Path, gts: dict) -> Path:
