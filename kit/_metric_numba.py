@@ -6,7 +6,8 @@ instance ``b`` of the other, where index 0 means background (the pair (0, 0) is 
 Pairs are counted in an open-addressing hash table keyed by ``(a << 32) | b``, one update
 per run of equal pairs, so a label-image pair costs one scan of the pixels and memory
 O(#pairs). The table is one int64 array of (key, count) slots, so a probe touches one cache
-line.
+line; beside it an ``order`` array lists the slots in use in the order they were claimed, so
+reading the entries out (and rehashing on growth) costs O(#pairs), not O(#slots).
 """
 import numpy as np
 from numba import njit
@@ -23,7 +24,8 @@ _FIRST_SLOTS = 1 << (2 * (CHUNK + 1) - 1).bit_length()
 
 
 # ---------------------------------------------------------------------------------------------
-# Hash table of pair counts: table[2 s] = key (or _EMPTY), table[2 s + 1] = count.
+# Hash table of pair counts: table[2 s] = key (or _EMPTY), table[2 s + 1] = count;
+# order[:used] = the slots in use, in the order they were claimed.
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -33,17 +35,20 @@ def _home(key, mask):
 
 @njit(cache=True, nogil=True)
 def _new_table(n_slots):
-    return np.full(2 * n_slots, _EMPTY, np.int64)
+    """(table (2 n_slots,), order (n_slots // 2,)): empty, for at most n_slots // 2 entries."""
+    return np.full(2 * n_slots, _EMPTY, np.int64), np.empty(n_slots // 2, np.int64)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _table_add(table, mask, key, count):
-    """Add ``count`` to ``key``'s slot, claiming a free one if new; returns 1 if new else 0.
+    """Add ``count`` to ``key``'s slot, claiming a free one if new; returns the slot it
+    claimed, or -1 if the key was there. The caller lists a claimed slot in ``order``
+    (in the run loop itself: storing to ``order`` in here made that loop 1.3x slower).
 
     The caller keeps the table at most half full (see :func:`_table_grow`).
     """
     s = _home(key, mask)
-    new = 0
+    claimed = -1
     while True:  # (this loop shape compiles to a tight probe; a while-condition did not)
         k = table[2 * s]
         if k == key:
@@ -51,48 +56,56 @@ def _table_add(table, mask, key, count):
         if k == _EMPTY:
             table[2 * s] = key
             table[2 * s + 1] = 0
-            new = 1
+            claimed = s
             break
         s = (s + 1) & mask
     table[2 * s + 1] += count
-    return new
+    return claimed
 
 
 @njit(cache=True, nogil=True)
-def _table_grow(table):
-    """A table with twice the slots and the same entries."""
-    n_slots = table.size  # = 2 * old slot count
-    out = _new_table(n_slots)
-    mask = n_slots - 1
-    for s in range(table.size // 2):
+def _table_insert(table, mask, order, used, key, count):
+    """:func:`_table_add` outside the run loop: returns the new number of entries."""
+    s = _table_add(table, mask, key, count)
+    if s >= 0:
+        order[used] = s
+        used += 1
+    return used
+
+
+@njit(cache=True, nogil=True)
+def _table_grow(table, order, used):
+    """(table, order) with twice the slots and the same entries, listed in the same order."""
+    out, out_order = _new_table(table.size)  # table.size = 2 * old slot count
+    mask = table.size - 1
+    for j in range(used):
+        s = order[j]
         key = table[2 * s]
-        if key != _EMPTY:
-            t = _home(key, mask)
-            while out[2 * t] != _EMPTY:
-                t = (t + 1) & mask
-            out[2 * t] = key
-            out[2 * t + 1] = table[2 * s + 1]
-    return out
+        t = _home(key, mask)
+        while out[2 * t] != _EMPTY:
+            t = (t + 1) & mask
+        out[2 * t] = key
+        out[2 * t + 1] = table[2 * s + 1]
+        out_order[j] = t
+    return out, out_order
 
 
 @njit(cache=True, nogil=True)
-def _table_pairs(table):
-    """(a, b, count) int64 of every entry but the background pair (0, 0)."""
+def _table_pairs(table, order, used):
+    """(a, b, count) int64 of every entry but the background pair (0, 0), in claim order."""
     n = 0
-    for s in range(table.size // 2):
-        key = table[2 * s]
-        if key != _EMPTY and key != 0:
-            n += 1
+    for j in range(used):
+        n += table[2 * order[j]] != 0
     a = np.empty(n, np.int64)
     b = np.empty(n, np.int64)
     c = np.empty(n, np.int64)
     k = 0
-    for s in range(table.size // 2):
-        key = table[2 * s]
-        if key != _EMPTY and key != 0:
+    for j in range(used):
+        key = table[2 * order[j]]
+        if key != 0:
             a[k] = key >> 32
             b[k] = key & 0xFFFFFFFF
-            c[k] = table[2 * s + 1]
+            c[k] = table[2 * order[j] + 1]
             k += 1
     return a, b, c
 
@@ -102,7 +115,8 @@ def _table_pairs(table):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _count_block_runs(gt, pred, bits, base, table, mask, used, run_start, g, p, lo, hi):
+def _count_block_runs(gt, pred, bits, base, table, mask, order, used, run_start, g, p, lo,
+                      hi):
     """Add every run of (gt, pred) pairs that ends in the block starting at pixel ``base``
     (its change bits in ``bits``) to the table; returns the updated scan state."""
     for w in range(bits.size):
@@ -110,8 +124,10 @@ def _count_block_runs(gt, pred, bits, base, table, mask, used, run_start, g, p, 
         while word != 0:
             i = base + 64 * w + trailing_zeros(word)
             word &= word - np.uint64(1)
-            if _table_add(table, mask, (g << 32) | p, i - run_start):
-                used += 1  # a new pair: only new pairs can move the label range
+            s = _table_add(table, mask, (g << 32) | p, i - run_start)
+            if s >= 0:  # a new pair: only new pairs can move the label range
+                order[used] = s
+                used += 1
                 lo = min(lo, min(g, p))
                 hi = max(hi, max(g, p))
             run_start = i
@@ -122,15 +138,15 @@ def _count_block_runs(gt, pred, bits, base, table, mask, used, run_start, g, p, 
 
 @njit(cache=True, nogil=True)
 def _pair_table(gt, pred):
-    """(table, lo, hi) of two flat label images; see :func:`label_overlaps`."""
+    """(table, order, used, lo, hi) of two flat label images; see :func:`label_overlaps`."""
     n = gt.size
     lo = np.int64(0)
     hi = np.int64(0)
-    table = _new_table(_FIRST_SLOTS)
-    if n == 0:
-        return table, lo, hi
-    mask = _FIRST_SLOTS - 1
+    table, order = _new_table(_FIRST_SLOTS)
     used = 0
+    if n == 0:
+        return table, order, used, lo, hi
+    mask = _FIRST_SLOTS - 1
     bits = np.zeros(WORDS, np.uint64)
     run_start = 0
     g = np.int64(gt[0])
@@ -141,27 +157,27 @@ def _pair_table(gt, pred):
         if m <= 0:
             break
         while 2 * (used + m + 1) > mask + 1:  # grow between blocks, never inside the run loop
-            table = _table_grow(table)
+            table, order = _table_grow(table, order, used)
             mask = table.size // 2 - 1
         if m < CHUNK:
             break
         pair_change_bits(gt[base - 1:base + m], pred[base - 1:base + m], bits)
         used, run_start, g, p, lo, hi = _count_block_runs(gt, pred, bits, base, table, mask,
-                                                          used, run_start, g, p, lo, hi)
+                                                          order, used, run_start, g, p, lo, hi)
         base += m
     if base < n:  # the last, partial block
         m = n - base
         pair_change_bits_tail(gt[base - 1:base - 1 + m], gt[base:base + m],
                               pred[base - 1:base - 1 + m], pred[base:base + m], bits)
         used, run_start, g, p, lo, hi = _count_block_runs(gt, pred, bits, base, table, mask,
-                                                          used, run_start, g, p, lo, hi)
+                                                          order, used, run_start, g, p, lo, hi)
     if 2 * (used + 1) > mask + 1:
-        table = _table_grow(table)
+        table, order = _table_grow(table, order, used)
         mask = table.size // 2 - 1
     lo = min(lo, min(g, p))
     hi = max(hi, max(g, p))
-    _table_add(table, mask, (g << 32) | p, n - run_start)
-    return table, lo, hi
+    used = _table_insert(table, mask, order, used, (g << 32) | p, n - run_start)
+    return table, order, used, lo, hi
 
 
 @njit(cache=True, nogil=True)
@@ -175,8 +191,8 @@ def label_overlaps(gt, pred):
     background 0 included, with its pixel count (int64), and the min / max label of both images
     (lo < 0: negative labels; labels >= 2**31 do not fit the key and must be compacted).
     """
-    table, lo, hi = _pair_table(gt, pred)
-    a, b, c = _table_pairs(table)
+    table, order, used, lo, hi = _pair_table(gt, pred)
+    a, b, c = _table_pairs(table, order, used)
     return a, b, c, lo, hi
 
 
@@ -227,15 +243,15 @@ def label_pairs(gt, pred):
     labels > 0 present in gt / pred. When a label does not fit the key (lo < 0 or
     hi >= 2**31) nothing but lo and hi is meaningful: compact the labels and call again.
     """
-    table, lo, hi = _pair_table(gt, pred)
-    return _pairs_with_areas(table, lo, hi) + (lo, hi)
+    table, order, used, lo, hi = _pair_table(gt, pred)
+    return _pairs_with_areas(table, order, used, lo, hi) + (lo, hi)
 
 
 @njit(cache=True, nogil=True)
-def _pairs_with_areas(table, lo, hi):
+def _pairs_with_areas(table, order, used, lo, hi):
     """(a, b, count, area_a, area_b, n_true, n_pred) of a pair table (empty if lo/hi say the
     labels did not fit the key)."""
-    a, b, c = _table_pairs(table)
+    a, b, c = _table_pairs(table, order, used)
     if lo < 0 or hi >= 2**31:
         a = b = c = np.zeros(0, np.int64)
     area_a, n_true = pair_areas(a, c)
@@ -255,25 +271,28 @@ def _count_match(tp, inter, union):
 
 
 @njit(cache=True, nogil=True)
-def _score_small_labels(table, hi):
+def _score_small_labels(table, order, used, hi):
     """(tp, n_true, n_pred) straight from a pair table whose labels lie in 0..hi (small):
-    per-label areas in dense (hi + 1,) tables, then one pass over the pairs."""
+    per-label areas in dense (hi + 1,) tables while the entries are copied out in claim
+    order, then one pass over the copies."""
     area_a = np.zeros(hi + 1, np.int64)
     area_b = np.zeros(hi + 1, np.int64)
-    for s in range(table.size // 2):
-        key = table[2 * s]
-        if key != _EMPTY:
-            area_a[key >> 32] += table[2 * s + 1]
-            area_b[key & 0xFFFFFFFF] += table[2 * s + 1]
+    keys = np.empty(used, np.int64)
+    counts = np.empty(used, np.int64)
+    for j in range(used):
+        key = table[2 * order[j]]
+        count = table[2 * order[j] + 1]
+        keys[j] = key
+        counts[j] = count
+        area_a[key >> 32] += count
+        area_b[key & 0xFFFFFFFF] += count
     tp = np.zeros(N_THRESHOLDS, np.int64)
-    for s in range(table.size // 2):
-        key = table[2 * s]
-        a = key >> 32
-        b = key & 0xFFFFFFFF
-        if key == _EMPTY or a == 0 or b == 0:
+    for j in range(used):
+        a = keys[j] >> 32
+        b = keys[j] & 0xFFFFFFFF
+        if a == 0 or b == 0:
             continue
-        inter = table[2 * s + 1]
-        _count_match(tp, inter, area_a[a] + area_b[b] - inter)
+        _count_match(tp, counts[j], area_a[a] + area_b[b] - counts[j])
     n_true = 0
     n_pred = 0
     for v in range(1, hi + 1):
@@ -286,11 +305,11 @@ def _score_small_labels(table, hi):
 def score_labels(gt, pred):
     """One call for the common case: (tp (N_THRESHOLDS,), n_true, n_pred, lo, hi) of two flat
     label images; see :func:`label_pairs` for lo and hi."""
-    table, lo, hi = _pair_table(gt, pred)
-    if lo >= 0 and hi <= 4 * (table.size // 2) + 65536:  # small labels: no pair arrays
-        tp, n_true, n_pred = _score_small_labels(table, hi)
+    table, order, used, lo, hi = _pair_table(gt, pred)
+    if lo >= 0 and hi <= 4 * used + 65536:  # small labels: no pair arrays
+        tp, n_true, n_pred = _score_small_labels(table, order, used, hi)
         return tp, n_true, n_pred, lo, hi
-    a, b, c, area_a, area_b, n_true, n_pred = _pairs_with_areas(table, lo, hi)
+    a, b, c, area_a, area_b, n_true, n_pred = _pairs_with_areas(table, order, used, lo, hi)
     return match_counts(a, b, c, area_a, area_b), n_true, n_pred, lo, hi
 
 
@@ -321,18 +340,19 @@ def run_overlaps(a_ptr, a_starts, a_lengths, b_ptr, b_starts, b_lengths, n_pixel
             for px in range(b_starts[r], b_starts[r] + b_lengths[r]):
                 owners[fill[px]] = k + 1
                 fill[px] += 1
-    table = _new_table(_FIRST_SLOTS)
+    table, order = _new_table(_FIRST_SLOTS)
     mask = _FIRST_SLOTS - 1
     used = 0
     for k in range(a_ptr.size - 1):
         for r in range(a_ptr[k], a_ptr[k + 1]):
             for px in range(a_starts[r], a_starts[r] + a_lengths[r]):
                 for o in range(offs[px], offs[px + 1]):
-                    used += _table_add(table, mask, (np.int64(k + 1) << 32) | owners[o], 1)
+                    key = (np.int64(k + 1) << 32) | owners[o]
+                    used = _table_insert(table, mask, order, used, key, 1)
                     if 2 * (used + 1) > mask + 1:
-                        table = _table_grow(table)
+                        table, order = _table_grow(table, order, used)
                         mask = table.size // 2 - 1
-    return _table_pairs(table)
+    return _table_pairs(table, order, used)
 
 
 @njit(cache=True, nogil=True)

@@ -207,6 +207,37 @@ def test_labels_near_the_key_limit_cost_no_dense_table(top):
     assert b.dtype == np.uint64 and b.tolist() == [int(big), int(big)]
 
 
+def test_pair_table_growth_keeps_every_pair_in_scan_order():
+    """Thousands of distinct (gt, pred) pairs make the pair table grow several times while
+    the scan runs: every pair must survive with its exact count, listed in the order the scan
+    first met it, and label images must score like the same instances given as RLE lists."""
+    from kit import _metric_numba as k
+
+    rng = np.random.default_rng(11)
+    shape = (120, 350)
+    labels = rng.permutation(10**6)[:5000] + 1  # non-sequential, large
+    gt = np.kron(labels[:1200].reshape(30, 40), np.ones((4, 9), np.int64))[:shape[0], :shape[1]]
+    gt = np.pad(gt, ((0, 0), (0, shape[1] - gt.shape[1])))
+    pred = np.roll(gt, 2, axis=1) * 3  # IoU 28 / 44 with its gt tile, less the holes
+    pred[rng.random(shape) < 0.05] = 0
+    a, b, c, lo, hi = k.label_overlaps(gt.ravel(), pred.ravel())
+    key = gt.ravel() * 2**32 + pred.ravel()
+    uniq, first, counts = np.unique(key, return_index=True, return_counts=True)
+    keep = uniq != 0
+    order = np.argsort(first[keep])
+    assert a.size > 2000  # far past one table's first capacity
+    np.testing.assert_array_equal(a, (uniq[keep] >> 32)[order])
+    np.testing.assert_array_equal(b, (uniq[keep] & 0xFFFFFFFF)[order])
+    np.testing.assert_array_equal(c, counts[keep][order])
+    assert (lo, hi) == (0, max(gt.max(), pred.max()))
+    as_rles = metric.image_score(rle.encode_labels(gt), rle.encode_labels(pred), shape)
+    as_labels = metric.image_score(gt, pred)
+    np.testing.assert_array_equal(as_labels.tp, as_rles.tp)
+    assert (as_labels.n_true, as_labels.n_pred) == (as_rles.n_true, as_rles.n_pred) == (
+        np.unique(gt[gt > 0]).size, np.unique(pred[pred > 0]).size)
+    assert as_labels.tp[0] > 0
+
+
 def test_pair_areas_dense_and_sorted_paths_agree():
     """The two ways kit._metric_numba.pair_areas sums per-label areas give the same answer."""
     from kit import _metric_numba as k
