@@ -101,11 +101,17 @@ def _is_label_image(x) -> bool:
     return isinstance(x, np.ndarray) and x.ndim == 2
 
 
+def _plain_label_pair(gt, pred, shape) -> bool:
+    """The common case, recognised quickly: two C-contiguous (H, W) integer arrays of one
+    shape and no ``shape`` argument (nothing more to check)."""
+    return (shape is None and type(gt) is np.ndarray and type(pred) is np.ndarray
+            and gt.ndim == 2 and gt.shape == pred.shape and gt.dtype.kind in "iu"
+            and pred.dtype.kind in "iu" and gt.flags.c_contiguous and pred.flags.c_contiguous)
+
+
 def _checked_label_pair(gt, pred, shape):
     """Both label images checked, same shape, flattened: (gt (N,), pred (N,), shape)."""
-    if (shape is None and type(gt) is np.ndarray and type(pred) is np.ndarray and gt.ndim == 2
-            and gt.shape == pred.shape and gt.dtype.kind in "iu" and pred.dtype.kind in "iu"
-            and gt.flags.c_contiguous and pred.flags.c_contiguous):  # the common case, quickly
+    if _plain_label_pair(gt, pred, shape):
         return gt.reshape(-1), pred.reshape(-1), gt.shape
     g = _rle.check_label_image(gt, "gt")
     p = _rle.check_label_image(pred, "pred")
@@ -173,15 +179,17 @@ def image_score(gt, pred, shape=None, *, id: str = "", cell_type: str | None = N
     >>> image_score(a, a).score
     1.0
     """
-    if _is_label_image(gt) and _is_label_image(pred):  # the hot path: one kernel call
+    if _plain_label_pair(gt, pred, shape):  # the hot path: one kernel call, few Python steps
+        g, p = gt.reshape(-1), pred.reshape(-1)
+    elif _is_label_image(gt) and _is_label_image(pred):
         g, p, _ = _checked_label_pair(gt, pred, shape)
-        tp, n_true, n_pred, lo, hi = _k.score_labels(g, p)
-        if not _label_keys_fit(lo, hi):
-            tp, n_true, n_pred, _, _ = _k.score_labels(*_compacted(g, p)[:2])
     else:
         a, b, c, area_a, area_b, n_true, n_pred = _pairs(gt, pred, shape)
-        tp = _k.match_counts(a, b, c, area_a, area_b)
-    return ImageScore(tp=tp, n_true=n_true, n_pred=n_pred, id=id, cell_type=cell_type)
+        return ImageScore(_k.match_counts(a, b, c, area_a, area_b), n_true, n_pred, id, cell_type)
+    tp, n_true, n_pred, lo, hi = _k.score_labels(g, p)
+    if not _label_keys_fit(lo, hi):
+        tp, n_true, n_pred, _, _ = _k.score_labels(*_compacted(g, p)[:2])
+    return ImageScore(tp, n_true, n_pred, id, cell_type)
 
 
 def iou_pairs(gt, pred, shape=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
