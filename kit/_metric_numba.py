@@ -188,7 +188,8 @@ def label_overlaps(gt, pred):
     computed CHUNK pixels at a time, so only pixels where a run of equal pairs ends cost more
     than a SIMD compare (see :mod:`kit._scan_numba`).
     Returns (a, b, count, lo, hi): every distinct (gt label, pred label) pair but (0, 0),
-    background 0 included, with its pixel count (int64), and the min / max label of both images
+    background 0 included, with its pixel count (int64), in the order the scan first meets
+    the pairs (row-major order of their first pixel), and the min / max label of both images
     (lo < 0: negative labels; labels >= 2**31 do not fit the key and must be compacted).
     """
     table, order, used, lo, hi = _pair_table(gt, pred)
