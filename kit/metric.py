@@ -122,12 +122,6 @@ def _checked_label_pair(gt, pred, shape):
     return g.reshape(-1), p.reshape(-1), g.shape
 
 
-def _label_keys_fit(labels) -> bool:
-    """Labels of a scan fit the (gt << 32) | pred key (0 <= label < 2**31), given the OR of
-    them all."""
-    return int(labels) >> 31 == 0
-
-
 def _compacted(g, p):
     """Both flat label images with labels renumbered 0..K, and each one's original label of
     every compact label: (g, p, g_values, p_values). Negative labels: ValueError."""
@@ -148,7 +142,7 @@ def _pairs(gt, pred, shape):
     if _is_label_image(gt) and _is_label_image(pred):
         g, p, _ = _checked_label_pair(gt, pred, shape)
         out = _k.label_pairs(g, p)
-        if _label_keys_fit(out[-1]):
+        if _k.keys_fit(out[-1]):
             return out[:-1]
         gc, pc, g_values, p_values = _compacted(g, p)
         a, b, c, area_a, area_b, n_true, n_pred, _ = _k.label_pairs(gc, pc)
@@ -188,7 +182,7 @@ def image_score(gt, pred, shape=None, *, id: str = "", cell_type: str | None = N
         a, b, c, area_a, area_b, n_true, n_pred = _pairs(gt, pred, shape)
         return ImageScore(_k.match_counts(a, b, c, area_a, area_b), n_true, n_pred, id, cell_type)
     tp, n_true, n_pred, labels = _k.score_labels(g, p)
-    if not _label_keys_fit(labels):
+    if not _k.keys_fit(labels):
         tp, n_true, n_pred, _ = _k.score_labels(*_compacted(g, p)[:2])
     return ImageScore(tp, n_true, n_pred, id, cell_type)
 
