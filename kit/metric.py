@@ -174,9 +174,7 @@ def image_score(gt, pred, shape=None, *, id: str = "", cell_type: str | None = N
     >>> image_score(a, a).score
     1.0
     """
-    if _plain_label_pair(gt, pred, shape):  # the hot path: one kernel call, few Python steps
-        g, p = gt.reshape(-1), pred.reshape(-1)
-    elif _is_label_image(gt) and _is_label_image(pred):
+    if _is_label_image(gt) and _is_label_image(pred):  # the hot path: one kernel call
         g, p, _ = _checked_label_pair(gt, pred, shape)
     else:
         a, b, c, area_a, area_b, n_true, n_pred = _pairs(gt, pred, shape)

@@ -220,7 +220,7 @@ def test_pair_table_growth_keeps_every_pair_in_scan_order():
     gt = np.pad(gt, ((0, 0), (0, shape[1] - gt.shape[1])))
     pred = np.roll(gt, 2, axis=1) * 3  # IoU 28 / 44 with its gt tile, less the holes
     pred[rng.random(shape) < 0.05] = 0
-    a, b, c, labels = k.label_overlaps(gt.ravel(), pred.ravel())
+    a, b, c, label_or = k.label_overlaps(gt.ravel(), pred.ravel())
     key = gt.ravel() * 2**32 + pred.ravel()
     uniq, first, counts = np.unique(key, return_index=True, return_counts=True)
     keep = uniq != 0
@@ -229,8 +229,8 @@ def test_pair_table_growth_keeps_every_pair_in_scan_order():
     np.testing.assert_array_equal(a, (uniq[keep] >> 32)[order])
     np.testing.assert_array_equal(b, (uniq[keep] & 0xFFFFFFFF)[order])
     np.testing.assert_array_equal(c, counts[keep][order])
-    assert labels == np.bitwise_or.reduce(np.r_[gt.ravel(), pred.ravel()])
-    assert k.keys_fit(labels)
+    assert label_or == np.bitwise_or.reduce(np.r_[gt.ravel(), pred.ravel()])
+    assert k.keys_fit(label_or)
     as_rles = metric.image_score(rle.encode_labels(gt), rle.encode_labels(pred), shape)
     as_labels = metric.image_score(gt, pred)
     np.testing.assert_array_equal(as_labels.tp, as_rles.tp)
