@@ -169,6 +169,19 @@ def notebook_decode_labels(rles: list[str], shape) -> np.ndarray:
     return labels
 
 
+def notebook_rle_image_score(gt_rles: list[str], pred_rles: list[str], shape) -> float:
+    """The notebook path for RLE lists: :func:`notebook_decode_labels` on both sides (masks
+    painted in list order, so overlapping pixels go to the later mask and a mask drawn over
+    completely vanishes), labels made sequential (what :func:`hist2d_image_score` needs to be
+    right at all), then :func:`hist2d_image_score`."""
+    def painted(rles):
+        labels = notebook_decode_labels(rles, shape)
+        present, inverse = np.unique(labels, return_inverse=True)
+        return (inverse.reshape(shape) + (present[0] != 0)).astype(np.int32)
+
+    return hist2d_image_score(painted(gt_rles), painted(pred_rles))
+
+
 def coco_decode(rles: list[dict]) -> np.ndarray:
     """pycocotools ``mask.decode``: (H, W, N) uint8 stack (no label image is painted)."""
     from pycocotools import mask as coco_mask

@@ -14,6 +14,14 @@ Tasks and peers (peers live in :mod:`kit._bench_peers`):
   pycocotools ``mask.encode`` (column-major COCO: a speed reference only).
 * decode -- :func:`kit.rle.decode_labels` vs the notebook ``rle_decode`` painted mask by mask
   into a label image, and pycocotools ``mask.decode`` (to an (H, W, N) stack, no painting).
+* score_rle -- :func:`kit.metric.image_score` on lists of RLE strings whose masks overlap (how
+  real ground truth arrives: the real train.csv of ``--real-gt``, by default
+  ``../shared/data/sartorius/train.csv`` when present, against a perturbed copy of it; else
+  synthetic overlapping lists, see :mod:`kit._bench_overlap`) vs the notebook path (decode
+  every RLE with numpy, paint label images, histogram2d). Timed only: painting loses the
+  overlaps, so the notebook's numbers differ from the exact ones by design (the kit's are
+  checked against an independent reference in the tests). The same files also time
+  ``python -m kit.cv`` end to end (a subprocess: start-up, reading, scoring).
 
 Before anything is timed the peers are checked against the kit on the same images: TP/FP/FN
 at every (image, threshold), with IoUs that equal a threshold exactly replayed the peer's way
@@ -77,9 +85,11 @@ TARGETS = (
     ("score", "floor", "over_floor", 2.0),
     ("encode", "notebook", "speedup", 50.0),
     ("decode", "notebook", "speedup", 15.0),
+    ("score_rle", "notebook", "speedup", 50.0),
+    ("score_rle", "kit", "max_ms", 1.0),
 )
 
-QUICK = dict(n_images=6, repeat=1, cellpose_images=3)
+QUICK = dict(n_images=6, repeat=1, cellpose_images=3, rle_images=9, notebook_rle_images=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,7 +394,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cellpose.metrics is timed on the first this many images (same mix)")
     g.add_argument("--quick", action="store_true",
                    help=f"tiny run for tests: {QUICK['n_images']} images, "
-                        f"{QUICK['repeat']} pass, cellpose on {QUICK['cellpose_images']}")
+                        f"{QUICK['repeat']} pass, cellpose on {QUICK['cellpose_images']}, "
+                        f"{QUICK['rle_images']} RLE-list images, the notebook on "
+                        f"{QUICK['notebook_rle_images']}")
+    g = p.add_argument_group("overlapping RLE lists (score_rle)")
+    from kit._bench_overlap import DEFAULT_REAL_GT
+
+    g.add_argument("--real-gt", type=Path, metavar="TRAIN_CSV",
+                   default=DEFAULT_REAL_GT if DEFAULT_REAL_GT.is_file() else None,
+                   help="real train.csv-format GT, scored against a perturbed copy (default: the "
+                        "shared real GT when present, else synthetic overlapping lists)")
+    g.add_argument("--synthetic-rle", action="store_true",
+                   help="use synthetic overlapping lists even when real GT is present")
+    g.add_argument("--rle-images", type=int, default=0,
+                   help="score_rle on the first this many images (cell-type mix kept); 0 = all")
+    g.add_argument("--notebook-rle-images", type=int, default=40,
+                   help="the notebook RLE path is timed on the first this many of them")
     g = p.add_argument_group("output")
     g.add_argument("--json", metavar="OUT", type=Path, help="also save every number here")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars on stderr")
@@ -416,9 +441,11 @@ def _table(rows, header, align) -> list[str]:
     return lines
 
 
-def _time_all(data, seq, rles, cocos, idx_cellpose, repeat, progress) -> dict:
-    """{(task, impl): (label, wall, cpu, images)}: wall/cpu are (repeat, n_images) seconds,
-    NaN for images the implementation was not timed on.
+def _time_all(data, seq, rles, cocos, idx_cellpose, overlap, n_notebook_rle, repeat,
+              progress) -> dict:
+    """{(task, impl): (label, wall, cpu, images)}: wall/cpu are (repeat, n_items) seconds,
+    n_items the size of the task's data set, NaN for items the implementation was not timed
+    on. ``overlap``: the score_rle pairs (:mod:`kit._bench_overlap`).
 
     Passes are interleaved: pass r of every implementation runs before pass r + 1 of any, so
     the repeats of each one spread over the whole run and the best pass escapes a busy spell
@@ -432,6 +459,11 @@ def _time_all(data, seq, rles, cocos, idx_cellpose, repeat, progress) -> dict:
     n = len(data)
     shape = IMAGE_SHAPE
     every = np.arange(n)
+    every_rle = np.arange(len(overlap))
+
+    def rle_args(i):  # (gt RLEs, predicted RLEs, shape)
+        return overlap[i][3], overlap[i][4], overlap[i][2]
+
     jobs = [
         ("score", "kit", "kit.metric.image_score", image_score,
          lambda i: (data[i][1], data[i][2]), every),
@@ -453,10 +485,15 @@ def _time_all(data, seq, rles, cocos, idx_cellpose, repeat, progress) -> dict:
          lambda i: (rles[i], shape), every),
         ("decode", "pycocotools", "pycocotools mask.decode (to stack)", peers.coco_decode,
          lambda i: (cocos[i],), every),
+        ("score_rle", "kit", "kit.metric.image_score (RLE lists)", image_score, rle_args,
+         every_rle),
+        ("score_rle", "notebook", "notebook rle_decode + paint + histogram2d",
+         peers.notebook_rle_image_score, rle_args, every_rle[:n_notebook_rle]),
     ]
     inputs = [(g, p) for _, g, p in data] + seq
-    runs = {(task, impl): (label, np.full((repeat, n), np.nan), np.full((repeat, n), np.nan),
-                           images)
+    size = {task: (len(overlap) if task == "score_rle" else n) for task, *_ in jobs}
+    runs = {(task, impl): (label, np.full((repeat, size[task]), np.nan),
+                           np.full((repeat, size[task]), np.nan), images)
             for task, impl, label, _, _, images in jobs}
     total = repeat * sum(len(j[5]) for j in jobs)
     with _bar(total, "timing", progress) as bar:
@@ -469,17 +506,41 @@ def _time_all(data, seq, rles, cocos, idx_cellpose, repeat, progress) -> dict:
     return runs
 
 
-def _timing_table(runs, types) -> dict:
+def _time_kit_cv(overlap, real_gt: Path | None, rle_images: int) -> float:
+    """Wall seconds of ``python -m kit.cv --gt GT --pred PRED`` (a subprocess: start-up,
+    reading and validating both files, scoring, writing the JSON) on the score_rle images;
+    GT is ``real_gt`` itself when every image of it is used."""
+    import subprocess
+    import tempfile
+
+    from kit import _bench_overlap as overlap_data
+
+    with tempfile.TemporaryDirectory(prefix="kit-bench-cv-") as tmp:
+        tmp = Path(tmp)
+        overlap_data.write_csvs(overlap, tmp / "gt.csv", tmp / "pred.csv")
+        gt = real_gt if real_gt is not None and not rle_images else tmp / "gt.csv"
+        cmd = [sys.executable, "-m", "kit.cv", "--gt", str(gt), "--pred", str(tmp / "pred.csv"),
+               "--quiet", "--json", str(tmp / "cv.json")]
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()}")
+    return wall
+
+
+def _timing_table(runs, types, rle_types) -> dict:
     """ms/image (best pass) of every implementation, and its ratio to the kit on the same
-    images, overall and by cell type."""
+    images, overall and by cell type (``rle_types``: those of the score_rle images)."""
     timings = {}
     for (task, impl), (label, wall, cpu, images) in runs.items():
         kit_wall = runs[(task, "kit")][1]
         ms = _best_ms(wall, images)
         kit_ms = _best_ms(kit_wall, images)
         by_type = {}
+        item_types = rle_types if task == "score_rle" else types
         for t in CELL_MIX:
-            sel = np.array([i for i in images if types[i] == t], int)
+            sel = np.array([i for i in images if item_types[i] == t], int)
             if sel.size:
                 by_type[t] = _best_ms(wall, sel)
         timings.setdefault(task, {})[impl] = {
@@ -499,6 +560,9 @@ def _targets(timings) -> list[dict]:
         r = timings[task][peer]["ratio_to_kit"]
         if kind == "speedup":
             name, measured, ok = f"{task}: kit >= {value:g}x faster than {peer}", r, r >= value
+        elif kind == "max_ms":
+            ms = timings[task][peer]["ms_per_image"]
+            name, measured, ok = f"{task}: kit <= {value:g} ms per image", ms, ms <= value
         else:
             name, measured, ok = f"{task}: kit <= {value:g}x the floor", 1 / r, 1 / r <= value
         out.append({"name": name, "task": task, "peer": peer, "kind": kind,
@@ -507,7 +571,8 @@ def _targets(timings) -> list[dict]:
 
 
 def run_bench(n_images: int = 200, seed: int = 0, repeat: int = 3, cellpose_images: int = 40,
-              progress: bool = True) -> dict:
+              progress: bool = True, real_gt: Path | None = None, rle_images: int = 0,
+              notebook_rle_images: int = 40) -> dict:
     """Make the data, check the peers, time everything; returns every number (JSON-ready)."""
     threads = _set_threads()
     t_start = time.perf_counter()
@@ -532,6 +597,12 @@ def run_bench(n_images: int = 200, seed: int = 0, repeat: int = 3, cellpose_imag
     n_cp = min(cellpose_images, n)
     n_gt = np.array([len(np.unique(g)) - 1 for _, g, _ in data])
     n_pred = np.array([len(np.unique(p)) - 1 for _, _, p in data])
+    from kit import _bench_overlap as overlap_data
+
+    overlap = overlap_data.interleaved(overlap_data.real_pairs(real_gt, seed) if real_gt else
+                                       overlap_data.synthetic_pairs(data, seed))
+    overlap = overlap[:rle_images or None]
+    n_nb = min(notebook_rle_images, len(overlap))
 
     # -- warm-up: JIT compile (numba caches to disk; cellpose's kernel is not cached) ----------
     t0 = time.perf_counter()
@@ -547,6 +618,7 @@ def run_bench(n_images: int = 200, seed: int = 0, repeat: int = 3, cellpose_imag
     decode_labels(encode_labels(g0), g0.shape)
     peers.floor_read_both(g0, p0)
     peers.cellpose_image_score(*seq[0])
+    image_score(*overlap[0][3:], overlap[0][2])
     t_jit = time.perf_counter() - t0
 
     # -- agreement checks -----------------------------------------------------------------------
@@ -562,13 +634,18 @@ def run_bench(n_images: int = 200, seed: int = 0, repeat: int = 3, cellpose_imag
     checks = [chk_h, chk_c] + codec_checks
 
     # -- timings --------------------------------------------------------------------------------
-    runs = _time_all(data, seq, rles, cocos, np.arange(n_cp), repeat, progress)
-    timings = _timing_table(runs, types)
+    runs = _time_all(data, seq, rles, cocos, np.arange(n_cp), overlap, n_nb, repeat, progress)
+    rle_types = [p[1] for p in overlap]
+    timings = _timing_table(runs, types, rle_types)
+    rle_scores = [image_score(g, p, s, cell_type=c) for _, c, s, g, p in overlap]
+    cv_wall = _time_kit_cv(overlap, real_gt, rle_images)
 
     # -- peak memory of the kit on the most crowded image --------------------------------------
     big = int(np.argmax(n_gt))
     peak = {}
+    big_rle = int(np.argmax([len(p[3]) for p in overlap]))
     for name, fn, a in (("score", image_score, (data[big][1], data[big][2])),
+                        ("score_rle", image_score, (*overlap[big_rle][3:], overlap[big_rle][2])),
                         ("encode", encode_labels, (data[big][1],)),
                         ("decode", decode_labels, (rles[big], IMAGE_SHAPE))):
         tracemalloc.start()
@@ -593,6 +670,16 @@ def run_bench(n_images: int = 200, seed: int = 0, repeat: int = 3, cellpose_imag
                     "kit_score_by_cell_type": {
                         t: float(np.mean([s for s, ty in zip(kit_scores, types) if ty == t]))
                         for t in CELL_MIX if counts[t]}},
+        "rle_dataset": {
+            "source": str(real_gt) if real_gt else "synthetic", "n_images": len(overlap),
+            "notebook_images": n_nb,
+            "cell_types": {t: rle_types.count(t) for t in CELL_MIX if t in rle_types},
+            "gt_masks": sum(len(p[3]) for p in overlap),
+            "pred_masks": sum(len(p[4]) for p in overlap),
+            "kit_score_mean": float(np.mean([s.score for s in rle_scores])),
+            "kit_score_min": float(min(s.score for s in rle_scores)),
+            "kit_score_max": float(max(s.score for s in rle_scores)),
+            "kit_cv_wall_s": cv_wall},
         "warmup_s": {"cellpose_torch_import": t_import, "jit_first_calls": t_jit},
         "checks": checks, "all_checks_passed": all(c["passed"] for c in checks),
         "timings": timings, "targets": _targets(timings),
@@ -608,16 +695,27 @@ def main(argv=None) -> int:
     if args.quick:
         args.n_images, args.repeat = QUICK["n_images"], QUICK["repeat"]
         args.cellpose_images = QUICK["cellpose_images"]
-    for opt in ("n_images", "repeat", "cellpose_images"):
+        args.rle_images = QUICK["rle_images"]
+        args.notebook_rle_images = QUICK["notebook_rle_images"]
+    for opt in ("n_images", "repeat", "cellpose_images", "notebook_rle_images"):
         if getattr(args, opt) < 1:
             parser.error(f"--{opt.replace('_', '-')} must be >= 1, got {getattr(args, opt)}")
+    if args.rle_images < 0:
+        parser.error(f"--rle-images must be >= 0, got {args.rle_images}")
+    real_gt = None if args.synthetic_rle else args.real_gt
+    if real_gt is not None and not real_gt.is_file():
+        parser.error(f"--real-gt {real_gt}: no such file")
     result = run_bench(args.n_images, args.seed, args.repeat, args.cellpose_images,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, real_gt=real_gt,
+                       rle_images=args.rle_images, notebook_rle_images=args.notebook_rle_images)
     result["config"]["quick"] = args.quick
     print("\n".join(report_lines(result)))
     if args.json:
+        from kit.atomic import atomic_open
+
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        with atomic_open(args.json, "w") as f:
+            f.write(json.dumps(result, indent=1, allow_nan=False) + "\n")
     return 0 if result["all_checks_passed"] else 1
 
 
@@ -653,6 +751,14 @@ def report_lines(res: dict) -> list[str]:
         f"  best of {cfg['repeat']} interleaved pass(es), perf_counter per call, gc off, single "
         f"thread, JIT warm-up excluded ({res['warmup_s']['jit_first_calls']:.1f} s); "
         f"{env['cpu_count']} CPUs, load average {la0:.2f} -> {la1:.2f}",
+    ]
+    rd = res["rle_dataset"]
+    rmix = ", ".join(f"{t} {c}" for t, c in rd["cell_types"].items())
+    out += [
+        f"score_rle: {rd['n_images']} images of {rd['source']} ({rmix}), {rd['gt_masks']:,} GT "
+        f"masks as RLE lists (overlaps kept) vs a perturbed copy ({rd['pred_masks']:,} masks); "
+        f"kit score {rd['kit_score_mean']:.3f} (min {rd['kit_score_min']:.3f}, max "
+        f"{rd['kit_score_max']:.3f})",
         "",
         "Peer agreement (checked before timing)",
     ]
@@ -672,7 +778,7 @@ def report_lines(res: dict) -> list[str]:
     note = False
     for task, impls in res["timings"].items():
         for impl, t in impls.items():
-            star = "*" if t["n_images"] < cfg["n_images"] else ""
+            star = "*" if t["n_images"] < impls["kit"]["n_images"] else ""
             note |= bool(star)
             if impl == "kit":
                 rel = "1.0x (kit)"
@@ -685,13 +791,19 @@ def report_lines(res: dict) -> list[str]:
     out += _table(rows, ["task", "implementation", "images", "ms/image", "cpu ms", "vs kit"],
                   "<<>>><")
     if note:
-        out.append(f"  * timed on the first {cfg['cellpose_images']} images only (same cell-type "
+        out.append(f"  * timed on the first {cfg['cellpose_images']} (cellpose) or "
+                   f"{rd['notebook_images']} (score_rle notebook) images only (same cell-type "
                    "mix); its ratio is against the kit on those same images")
+    out.append("  score_rle notebook: timed only (painting loses overlapping masks, so its "
+               "scores differ by design)")
     out += ["", "Targets"]
-    rows = [[t["name"], (f"{t['measured']:.2f}x" if t["kind"] == "over_floor"
-                         else _fmt_ratio(t["measured"])), "PASS" if t["passed"] else "FAIL"]
-            for t in res["targets"]]
+    fmt = {"over_floor": lambda x: f"{x:.2f}x", "max_ms": lambda x: f"{x:.3f} ms"}
+    rows = [[t["name"], fmt.get(t["kind"], _fmt_ratio)(t["measured"]),
+             "PASS" if t["passed"] else "FAIL"] for t in res["targets"]]
     out += _table(rows, ["target", "measured", "result"], "<><")
+    out += ["", f"python -m kit.cv on the {rd['n_images']} score_rle images (GT file vs the "
+            f"perturbed copy as id,predicted; a subprocess, start-up included): "
+            f"{rd['kit_cv_wall_s']:.2f} s wall"]
     pk = res["kit_peak_memory_mb"]
     out += ["", "Kit peak memory (tracemalloc, most crowded image): " +
             ", ".join(f"{k} {v:.1f} MB" for k, v in pk.items()),

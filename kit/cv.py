@@ -123,7 +123,7 @@ def write_json_atomic(obj, path: Path) -> None:
     from kit.atomic import atomic_open
 
     with atomic_open(path, "w") as f:
-        json.dump(obj, f, indent=1)
+        json.dump(obj, f, indent=1, allow_nan=False)
 
 
 def main(argv=None) -> int:
@@ -144,7 +144,10 @@ def main(argv=None) -> int:
     from kit.data import read_train_csv
 
     try:
-        gt = read_train_csv(_gt_csv(args.gt), check_images=False)
+        gt_csv = _gt_csv(args.gt)
+        gt = read_train_csv(gt_csv, check_images=False)
+        if not gt:
+            raise CVError(f"{gt_csv}: no image to score (the file has no data row)")
         if (args.fold is None) != (args.folds is None):
             raise CVError("--fold and --folds go together")
         if args.folds is not None:
@@ -156,10 +159,10 @@ def main(argv=None) -> int:
                 raise CVError(f"--fold {args.fold}: no GT image of that fold in {args.folds}")
         preds = load_predictions(args.pred)
         scores, missing = score_predictions(gt, preds, progress=not args.quiet)
+        summary = metric.summarize(scores)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = metric.summarize(scores)
     print(format_table(summary, by_counts=args.by == "cell_type"))
     if missing:
         print(f"\n{len(missing)} GT image(s) had no prediction (scored as all FN): "

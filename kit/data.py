@@ -12,9 +12,11 @@ Conventions
 
 The competition directory (``read_competition_dir``)
     ``train.csv`` (one row per instance; required columns ``id, annotation, width, height,
-    cell_type, sample_id`` in any order, other columns ignored), ``train/<id>.png``,
+    cell_type`` in any order, ``sample_id`` read when present and filled, other columns ignored;
+    empty metadata cells are fine), ``train/<id>.png``,
     ``test/<id>.png``, ``sample_submission.csv`` (``id, ...``), and optionally ``test_labels.csv``
     (train.csv's format: ground truth for the test images, written by :mod:`kit.synth`).
+    Only ``train.csv`` and ``train/`` are required: a training-only directory has no test images.
     Records come in order of each id's first row; an id's RLEs keep file order, and its rows need
     not be adjacent. A row whose ``annotation`` is empty marks an image with no instance and adds
     no RLE.
@@ -56,9 +58,11 @@ __all__ = [
     "make_folds", "read_folds_csv", "write_folds_csv",
 ]
 
-# Columns read_train_csv needs; the real train.csv also has plate_time, sample_date and
-# elapsed_timedelta, which are ignored.
-TRAIN_COLUMNS = ("id", "annotation", "width", "height", "cell_type", "sample_id")
+# Columns read_train_csv needs. ``sample_id`` is read when the column exists and is filled
+# (an empty cell or no column: None, "unknown"); plate_time, sample_date and elapsed_timedelta
+# are ignored, so files whose metadata columns are empty read as they come.
+TRAIN_COLUMNS = ("id", "annotation", "width", "height", "cell_type")
+OPTIONAL_TRAIN_COLUMNS = ("sample_id",)
 FOLDS_COLUMNS = ("id", "fold")
 
 
@@ -215,7 +219,8 @@ def _image_shape(path: Path, check: bool) -> tuple[int, int]:
 # CSV
 
 
-def _read_csv(path: Path, required: Sequence[str]) -> tuple[dict[str, int], list[tuple[int, list[str]]]]:
+def _read_csv(path: Path, required: Sequence[str], optional: Sequence[str] = ()
+              ) -> tuple[dict[str, int], list[tuple[int, list[str]]]]:
     """Header column positions and ``(line, fields)`` rows of a CSV; blank lines are skipped."""
     path = Path(path)
     try:
@@ -242,8 +247,9 @@ def _read_csv(path: Path, required: Sequence[str]) -> tuple[dict[str, int], list
         raise DataError(f"{_at(path, 1)} (header): duplicate column(s) {dup}")
     missing = [c for c in required if c not in header]
     if missing:
+        also = f" and optionally {list(optional)}" if optional else ""
         raise DataError(f"{_at(path, 1)} (header): missing column(s) {missing}; expected columns "
-                        f"{list(required)} in any order (others are ignored), found {header}")
+                        f"{list(required)}{also} in any order (others are ignored), found {header}")
     for line, row in rows:
         if len(row) != len(header):
             raise DataError(f"{_at(path, line)}: {len(row)} fields, the header has {len(header)}")
@@ -267,7 +273,7 @@ class _Group:  # the rows of one image id while reading train.csv
     height: int
     width: int
     cell_type: str
-    sample_id: str
+    sample_id: str | None
     lines: list[int] = field(default_factory=list)
     rles: list[str] = field(default_factory=list)
 
@@ -275,8 +281,9 @@ class _Group:  # the rows of one image id while reading train.csv
 def _read_train(path, images_dir, check_images: bool, source: str):
     path = Path(path)
     images_dir = path.parent / "train" if images_dir is None else Path(images_dir)
-    cols, rows = _read_csv(path, TRAIN_COLUMNS)
-    c_id, c_ann, c_w, c_h, c_type, c_sample = (cols[c] for c in TRAIN_COLUMNS)
+    cols, rows = _read_csv(path, TRAIN_COLUMNS, OPTIONAL_TRAIN_COLUMNS)
+    c_id, c_ann, c_w, c_h, c_type = (cols[c] for c in TRAIN_COLUMNS)
+    c_sample = cols.get("sample_id")
     groups: dict[str, _Group] = {}
     for line, row in rows:
         id_ = row[c_id]
@@ -286,9 +293,7 @@ def _read_train(path, images_dir, check_images: bool, source: str):
         if cell_type not in CELL_TYPES:
             raise DataError(f"{_at(path, line, 'cell_type')}: unknown cell type {_show(cell_type)}; "
                             f"expected one of {list(CELL_TYPES)}")
-        sample_id = row[c_sample]
-        if not sample_id.strip():
-            raise DataError(f"{_at(path, line, 'sample_id')}: empty sample_id")
+        sample_id = None if c_sample is None else row[c_sample].strip() or None
         width = _positive_int(row[c_w], path, line, "width")
         height = _positive_int(row[c_h], path, line, "height")
         g = groups.get(id_)
@@ -520,12 +525,15 @@ def read_coco(json_path, images_dir=None, cell_type: str | None = None, *,
 # Folds
 
 
-def make_folds(records: Iterable[ImageRecord], n_folds: int = 5, seed: int = 42) -> dict[str, int]:
+def make_folds(records: Iterable[ImageRecord], n_folds: int = 5, seed: int = 42, *,
+               unknown_sample_alone: bool = False) -> dict[str, int]:
     """``{id: fold}`` (folds ``0..n_folds-1``) by ``StratifiedGroupKFold(shuffle=True)``.
 
     Stratified on ``cell_type``, grouped by ``sample_id``: all images of a sample land in one
-    fold. Every record needs a cell_type and a sample_id, ids must be unique, and there must be
-    at least ``n_folds`` sample_id groups. Same records and seed -> same folds.
+    fold. Every record needs a cell_type, ids must be unique, and there must be at least
+    ``n_folds`` groups. A record without a sample_id is an error, or with
+    ``unknown_sample_alone`` a group of its own (then images of one real sample may straddle
+    folds: the caller says so). Same records and seed -> same folds.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -539,13 +547,15 @@ def make_folds(records: Iterable[ImageRecord], n_folds: int = 5, seed: int = 42)
         if r.cell_type is None:
             raise DataError(f"make_folds: record {r.id!r} has no cell_type (folds are stratified "
                             "on it)")
-        if r.sample_id is None:
+        if r.sample_id is None and not unknown_sample_alone:
             raise DataError(f"make_folds: record {r.id!r} has no sample_id (folds are grouped "
                             "by it)")
         seen.add(r.id)
         ids.append(r.id)
-    groups = [r.sample_id for r in records]
-    n_groups = len(set(groups))
+    group_of: dict[tuple, int] = {}  # (sample_id) or (None, id) for an image alone -> group
+    groups = [group_of.setdefault((r.sample_id,) if r.sample_id is not None else (None, r.id),
+                                  len(group_of)) for r in records]
+    n_groups = len(group_of)
     if n_groups < n_folds:
         raise DataError(f"make_folds: {n_groups} sample_id group(s) in {len(records)} records, "
                         f"fewer than n_folds={n_folds}; each fold needs at least one group")

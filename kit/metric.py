@@ -1,12 +1,24 @@
 """The competition metric, exactly: mean over thresholds of TP / (TP + FP + FN), per image.
 
-For each image and each threshold ``t`` in 0.50, 0.55, ..., 0.95 a predicted instance
-matches a true one when their IoU is **strictly greater** than ``t`` (compared exactly, in
-integers: ``20 * intersection > 20 * t * union``). For t >= 0.5 an instance can have at
-most one partner with IoU > t, so no assignment step is needed. Then
+For each image and each threshold ``t`` in 0.50, 0.55, ..., 0.95 a (true, predicted) pair is
+a candidate when its IoU is **strictly greater** than ``t`` (compared exactly, in integers:
+``20 * intersection > 20 * t * union``), and
 
+    TP(t) = the size of a maximum ONE-TO-ONE matching of the candidates (every true and every
+            predicted instance in at most one pair),
+    FP(t) = n_pred - TP(t),   FN(t) = n_true - TP(t),
     score(t) = TP(t) / (TP(t) + FP(t) + FN(t)),   image score = mean_t score(t),
     dataset score = mean over images (the Kaggle leaderboard number).
+
+Why a matching: the competition page does not say what happens when masks of one side
+overlap. Real train.csv masks do overlap, and a few images hold duplicate masks (IoU 1.0), so
+one predicted mask can clear a threshold with two true ones. Counting every candidate pair
+would then make FP or FN negative and scores exceed 1 (a prediction written twice would
+*raise* the score); a one-to-one matching keeps every count a count and every score in
+[0, 1]. When no instance has two candidates — always so when neither side overlaps itself,
+since two disjoint masks cannot both have IoU > 0.5 with a third — the candidates are the
+matching and are counted as they are; only otherwise is a matching computed, on the few
+candidate pairs (:func:`kit._metric_numba.match_counts`).
 
 Empty cases (the convention of this module, tested): no true and no predicted instance
 gives score(t) = 1 at every t; exactly one side empty gives 0. Zero-area masks (an empty
@@ -74,27 +86,27 @@ class ImageScore:
 
 
 def _as_runs(x, shape, name):
-    """(ptr, starts, lengths, n_pixels) of a stack or an RLE list."""
+    """(ptr, starts, lengths, shape) of a stack or an RLE list (see kit.rle.parse_runs)."""
     if isinstance(x, np.ndarray) and x.ndim == 3:
         if shape is not None and tuple(x.shape[1:]) != tuple(shape):
             raise ValueError(f"{name} stack has image shape {x.shape[1:]}, expected {tuple(shape)}")
         from kit import _rle_numba
 
-        flat = np.ascontiguousarray(x.reshape(x.shape[0], -1) != 0)
+        flat = np.ascontiguousarray(x.reshape(x.shape[0], x.shape[1] * x.shape[2]) != 0)
         ptr, starts, lengths = _rle_numba.stack_runs(flat)
-        return ptr, starts, lengths, flat.shape[1], tuple(x.shape[1:])
+        return ptr, starts, lengths, tuple(x.shape[1:])
     if isinstance(x, np.ndarray):
         raise ValueError(f"{name} must be a 2-D label image, a 3-D bool stack or a list of RLE "
                          f"strings, got an array of shape {x.shape}")
     if shape is None:
         raise ValueError(f"{name} is a list of RLE strings: pass shape=(H, W)")
     ptr, starts, lengths = _rle.parse_runs(list(x), shape)
-    return ptr, starts, lengths, int(shape[0]) * int(shape[1]), tuple(int(s) for s in shape)
+    return ptr, starts, lengths, tuple(int(s) for s in shape)
 
 
 def _label_runs(labels, name):
     _, ptr, starts, lengths = _rle._label_runs(labels, name)
-    return ptr, starts, lengths, labels.size, labels.shape
+    return ptr, starts, lengths, labels.shape
 
 
 def _is_label_image(x) -> bool:
@@ -153,9 +165,9 @@ def _pairs(gt, pred, shape):
         _as_runs(gt, shape, "gt")
     pa = _label_runs(_rle.check_label_image(pred, "pred"), "pred") if _is_label_image(pred) else \
         _as_runs(pred, shape, "pred")
-    if ga[4] != pa[4]:
-        raise ValueError(f"gt ({ga[4]}) and pred ({pa[4]}) have different shapes")
-    a, b, c = _k.run_overlaps(ga[0], ga[1], ga[2], pa[0], pa[1], pa[2], ga[3])
+    if ga[3] != pa[3]:
+        raise ValueError(f"gt ({ga[3]}) and pred ({pa[3]}) have different shapes")
+    a, b, c = _k.run_overlaps(ga[0], ga[1], ga[2], pa[0], pa[1], pa[2])
     area_a, area_b = _k.run_areas(ga[0], ga[2]), _k.run_areas(pa[0], pa[2])
     return (a, b, c, area_a[a], area_b[b], int(np.count_nonzero(area_a[1:])),
             int(np.count_nonzero(area_b[1:])))
@@ -218,8 +230,8 @@ class Summary:
 
     @property
     def map(self) -> float:
-        """Mean of per-image scores (= mean of :attr:`ap`); NaN for zero images."""
-        return float(self.ap.mean()) if self.n_images else float("nan")
+        """Mean of per-image scores (= mean of :attr:`ap`); a Summary holds >= 1 image."""
+        return float(self.ap.mean())
 
     def to_dict(self) -> dict:
         out = {"map": self.map, "thresholds": list(self.thresholds), "ap": self.ap.tolist(),
@@ -230,20 +242,23 @@ class Summary:
         return out
 
 
+class NothingToScore(ValueError):
+    """No image to score: a mean over zero images has no value (it is never reported as NaN)."""
+
+
 def _summary(scores: Sequence[ImageScore]) -> Summary:
-    n = len(scores)
-    if n:
-        ap = np.mean([s.per_threshold for s in scores], axis=0)
-        tp, fp, fn = (np.sum([getattr(s, f) for s in scores], axis=0) for f in ("tp", "fp", "fn"))
-    else:
-        ap = np.full(len(THRESHOLDS), np.nan)
-        tp = fp = fn = np.zeros(len(THRESHOLDS), np.int64)
-    return Summary(THRESHOLDS, ap, tp, fp, fn, n)
+    ap = np.mean([s.per_threshold for s in scores], axis=0)
+    tp, fp, fn = (np.sum([getattr(s, f) for s in scores], axis=0) for f in ("tp", "fp", "fn"))
+    return Summary(THRESHOLDS, ap, tp, fp, fn, len(scores))
 
 
 def summarize(scores: Iterable[ImageScore], by_cell_type: bool = True) -> Summary:
-    """Aggregate image scores overall and (images with a ``cell_type``) per cell type."""
+    """Aggregate image scores overall and (images with a ``cell_type``) per cell type.
+
+    Raises :class:`NothingToScore` (a ValueError) for zero images."""
     scores = list(scores)
+    if not scores:
+        raise NothingToScore("nothing to score: no image")
     total = _summary(scores)
     if not by_cell_type:
         return total
@@ -253,5 +268,5 @@ def summarize(scores: Iterable[ImageScore], by_cell_type: bool = True) -> Summar
 
 
 def dataset_score(scores: Iterable[ImageScore]) -> float:
-    """The leaderboard number: mean image score (NaN for no images)."""
+    """The leaderboard number: mean image score (:class:`NothingToScore` for no images)."""
     return summarize(scores, by_cell_type=False).map

@@ -4,8 +4,9 @@
 
 Every model goes through the same steps, so their numbers compare:
 
-1. read the competition directory (:mod:`kit.data`); folds from ``--folds`` or made by
-   ``make_folds`` (grouped by sample, stratified by cell type) and written to ``folds.csv``;
+1. read the competition directory (:mod:`kit.data`; train.csv + train/ is enough); folds from
+   ``--folds`` or made by ``make_folds`` (grouped by sample, stratified by cell type; an image
+   without a sample_id is a group of its own, with a warning) and written to ``folds.csv``;
 2. fit the image -> cell-type classifier on the training fold (``celltype.joblib``) and
    report its accuracy on the held-out fold;
 3. fit the model (the baseline has nothing to fit; trained models add their trainer to
@@ -79,7 +80,8 @@ class RunLog:
 
     def __call__(self, event: str, **fields) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps({"time": round(time.time(), 3), "event": event, **fields}) + "\n")
+            f.write(json.dumps({"time": round(time.time(), 3), "event": event, **fields},
+                               allow_nan=False) + "\n")
 
 
 def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed: int, out: Path):
@@ -87,7 +89,16 @@ def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed
     from kit.data import make_folds, read_competition_dir, read_folds_csv, write_folds_csv
 
     records = read_competition_dir(data).train
-    folds = read_folds_csv(folds_csv) if folds_csv else make_folds(records, n_folds, seed)
+    if folds_csv:
+        folds = read_folds_csv(folds_csv)
+    else:
+        unknown = sum(r.sample_id is None for r in records)
+        if unknown:
+            print(f"warning: {unknown} of {len(records)} train images have no sample_id, so "
+                  "folds cannot be grouped by sample: each such image is a group of its own "
+                  "(images of one sample may straddle folds). Pass --folds CSV for real groups.",
+                  file=sys.stderr)
+        folds = make_folds(records, n_folds, seed, unknown_sample_alone=True)
     missing = [r.id for r in records if r.id not in folds]
     if missing:
         raise ValueError(f"{folds_csv}: no fold for {len(missing)} train id(s), e.g. {missing[:3]}")
@@ -96,11 +107,15 @@ def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed
     write_folds_csv({r.id: folds[r.id] for r in records}, out / "folds.csv")
     train = [r for r in records if folds[r.id] != fold]
     held_out = [r for r in records if folds[r.id] == fold]
+    if not train or not held_out:
+        raise ValueError(f"--fold {fold}: {len(train)} train and {len(held_out)} held-out images "
+                         f"of {len(records)}; both sides need at least one")
     return train, held_out
 
 
 def fit_cell_type_classifier(train, held_out, out: Path) -> float:
-    """Fit on ``train`` images, save into ``out``; return the accuracy on ``held_out``."""
+    """Fit on ``train`` images, save into ``out``; return the accuracy on ``held_out``
+    (at least one image)."""
     import numpy as np
 
     from kit.celltype import CellTypeClassifier, image_features
@@ -108,8 +123,6 @@ def fit_cell_type_classifier(train, held_out, out: Path) -> float:
     feats = np.stack([image_features(r.load_image()) for r in train])
     clf = CellTypeClassifier().fit_features(feats, [r.cell_type for r in train])
     clf.save(out)
-    if not held_out:
-        return float("nan")
     pred = clf.predict_features(np.stack([image_features(r.load_image()) for r in held_out]))
     return float(np.mean([p == r.cell_type for p, r in zip(pred, held_out)]))
 

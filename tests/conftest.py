@@ -48,3 +48,31 @@ def baseline_run(synth_dir, tmp_path_factory):
                       "--out", out, "--quiet")
     assert done.returncode == 0, done.stderr
     return out, done
+
+
+REAL_SARTORIUS = SHARED_DATA / "sartorius"
+needs_real_data = pytest.mark.skipif(not (REAL_SARTORIUS / "train.csv").is_file(),
+                                     reason="real Sartorius data (../shared/data/sartorius) absent")
+
+
+@pytest.fixture(scope="session")
+def real_train_only_dir(tmp_path_factory):
+    """A training-only directory (train.csv + train/, no test/ or sample_submission.csv) of
+    18 real images (8 cort, 6 astro, 4 shsy5y): their train.csv rows as they come (metadata
+    columns empty) and links to their PNGs. Lives in a temp folder, never in the project."""
+    if not (REAL_SARTORIUS / "train.csv").is_file():
+        pytest.skip("real Sartorius data (../shared/data/sartorius) absent")
+    want = {"cort": 8, "astro": 6, "shsy5y": 4}
+    lines = (REAL_SARTORIUS / "train.csv").read_text().splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    chosen: dict[str, str] = {}
+    for row in rows:
+        id_, cell_type = row.split(",")[0], row.split(",")[4]
+        if id_ not in chosen and sum(t == cell_type for t in chosen.values()) < want[cell_type]:
+            chosen[id_] = cell_type
+    root = tmp_path_factory.mktemp("real") / "train_only"
+    (root / "train").mkdir(parents=True)
+    for id_ in chosen:
+        (root / "train" / f"{id_}.png").symlink_to(REAL_SARTORIUS / "train" / f"{id_}.png")
+    (root / "train.csv").write_text(header + "".join(r for r in rows if r.split(",")[0] in chosen))
+    return root

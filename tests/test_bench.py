@@ -35,7 +35,14 @@ def test_quick_json_fields(quick_run):
     res = json.loads(out.read_text())
     assert res["config"]["quick"] is True
     assert res["config"]["n_images"] == bench.QUICK["n_images"]
-    assert set(res["timings"]) == {"score", "encode", "decode"}
+    assert set(res["timings"]) == {"score", "encode", "decode", "score_rle"}
+    assert set(res["timings"]["score_rle"]) == {"kit", "notebook"}
+    assert res["timings"]["score_rle"]["kit"]["n_images"] == bench.QUICK["rle_images"]
+    assert res["timings"]["score_rle"]["notebook"]["n_images"] == bench.QUICK["notebook_rle_images"]
+    rd = res["rle_dataset"]
+    assert rd["n_images"] == bench.QUICK["rle_images"] and rd["gt_masks"] > 0
+    assert 0.0 <= rd["kit_score_min"] <= rd["kit_score_mean"] <= rd["kit_score_max"] <= 1.0
+    assert rd["kit_cv_wall_s"] > 0
     assert set(res["timings"]["score"]) == {"kit", "floor", "hist2d", "cellpose"}
     assert set(res["timings"]["encode"]) == {"kit", "notebook", "pycocotools"}
     assert set(res["timings"]["decode"]) == {"kit", "notebook", "pycocotools"}
@@ -48,7 +55,7 @@ def test_quick_json_fields(quick_run):
         (task, peer) for task, peer, _, _ in bench.TARGETS]
     for t in res["targets"]:
         assert isinstance(t["passed"], bool) and t["measured"] > 0
-    assert set(res["kit_peak_memory_mb"]) == {"score", "encode", "decode"}
+    assert set(res["kit_peak_memory_mb"]) == {"score", "score_rle", "encode", "decode"}
 
 
 def test_quick_peer_checks_passed(quick_run):
@@ -85,6 +92,33 @@ def test_make_pair(cell_type):
     # same seed, same images
     gt2, pred2 = bench.make_pair(np.random.default_rng(1), cell_type)
     assert np.array_equal(gt, gt2) and np.array_equal(pred, pred2)
+
+
+def test_perturbed_rles_are_valid_and_overlap():
+    """The score_rle prediction: valid RLEs of the same image, masks moved and repeated, so
+    the list overlaps itself and scores between 0 and 1 against its source."""
+    from kit import _bench_overlap, metric, rle
+
+    gt, _ = bench.make_pair(np.random.default_rng(2), "shsy5y")
+    gt_rles = rle.encode_labels(gt)
+    pairs = _bench_overlap.synthetic_pairs([("shsy5y", gt, None)], seed=4)
+    (_, cell_type, shape, gt_list, pred_list), = pairs
+    assert cell_type == "shsy5y" and shape == gt.shape and gt_list[:len(gt_rles)] == gt_rles
+    assert len(gt_list) > len(gt_rles)  # a few GT masks repeated, as in real GT
+    rle.parse_runs(pred_list, shape)  # valid: sorted, in the image
+    stack = rle.decode_stack(pred_list, shape)
+    assert (stack.sum(axis=0) > 1).any()  # the prediction overlaps itself
+    s = metric.image_score(gt_list, pred_list, shape)
+    assert 0.2 < s.score < 1.0 and s.n_pred == len(pred_list)
+
+
+def test_interleaved_keeps_the_mix_in_every_prefix():
+    from kit._bench_overlap import interleaved
+
+    pairs = [(str(i), t) for i, t in enumerate(["cort"] * 6 + ["astro"] * 3 + ["shsy5y"] * 3)]
+    order = [t for _, t in interleaved(pairs)]
+    assert sorted(order) == sorted(p[1] for p in pairs)
+    assert set(order[:3]) == {"cort", "astro", "shsy5y"} and order[:4].count("cort") == 2
 
 
 def test_relabel_sequential():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kit import rle
-from tests.conftest import run_module
+from tests.conftest import SHARED_DATA, run_module
 
 HEADER = "id,annotation,width,height,cell_type,plate_time,sample_date,sample_id,elapsed_timedelta\n"
 
@@ -105,3 +105,76 @@ def test_cv_fold_restriction(synth_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     res = json.loads(out.read_text())
     assert res["n_images"] == len(fold0) and res["missing_ids"] == [] and res["map"] == 1.0
+
+
+def _strict_json(path):
+    """Parse JSON refusing NaN / Infinity (Python's json writes them; JSON has neither)."""
+    def refuse(name):
+        raise ValueError(f"{path}: {name} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_cv_nothing_to_score_is_an_error(tmp_path):
+    gt = tmp_path / "train.csv"
+    gt.write_text(HEADER)
+    pred = tmp_path / "pred.csv"
+    pred.write_text("id,predicted\n")
+    out = tmp_path / "cv.json"
+    done = run_module("kit.cv", "--gt", gt, "--pred", pred, "--json", out, "--quiet")
+    assert done.returncode == 2 and not out.exists()
+    assert done.stderr.strip().count("\n") == 0 and "no image to score" in done.stderr
+    assert "nan" not in (done.stdout + done.stderr).lower()
+    from kit import metric
+
+    with pytest.raises(metric.NothingToScore):
+        metric.summarize([])
+
+
+REAL = SHARED_DATA / "sartorius"
+needs_real = pytest.mark.skipif(not (REAL / "train.csv").is_file(),
+                                reason="real Sartorius GT (../shared/data/sartorius) not present")
+
+
+@needs_real
+def test_cv_real_train_csv_as_it_comes(tmp_path):
+    """The shared real train.csv (metadata columns empty, overlapping and duplicate masks)
+    scored against itself is exactly 1.0; against a perturbed copy of some images every image
+    score equals the independent reference, the others are missing (all FN), and the JSON is
+    strict JSON."""
+    import metric_reference as reference
+
+    from kit import _bench_overlap
+    from kit.data import read_train_csv
+
+    recs = read_train_csv(REAL / "train.csv", check_images=False)
+    assert sum(r.sample_id is None for r in recs) == 417  # metadata kept for one image only
+    self_pred = tmp_path / "self.csv"
+    self_pred.write_text("id,predicted\n" + "".join(f"{r.id},{a}\n" for r in recs for a in r.rles))
+    out = tmp_path / "self.json"
+    done = run_module("kit.cv", "--gt", REAL / "train.csv", "--pred", self_pred, "--json", out,
+                      "--quiet")
+    assert done.returncode == 0, done.stderr
+    res = _strict_json(out)
+    assert res["map"] == 1.0 and res["n_images"] == 418 and res["missing_ids"] == []
+
+    by_type = {}
+    for r in recs:
+        by_type.setdefault(r.cell_type, []).append(r)
+    chosen = [r for rs in by_type.values() for r in rs[:3]]
+    chosen += [r for r in recs if r.id in ("a7b1db2a42fc", "de504eaa5349")]
+    rng = np.random.default_rng(1)
+    preds = {r.id: _bench_overlap.perturb_rles(list(r.rles), r.shape, rng) for r in chosen}
+    pred = tmp_path / "pred.csv"
+    pred.write_text("id,predicted\n" + "".join(f"{i},{a}\n" for i, p in preds.items() for a in p))
+    out = tmp_path / "cv.json"
+    done = run_module("kit.cv", "--gt", REAL, "--pred", pred, "--json", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    res = _strict_json(out)
+    per_image = {p["id"]: p["score"] for p in res["per_image"]}
+    for r in chosen:
+        expected = reference.image_score([reference.rle_pixels(t) for t in r.rles],
+                                         [reference.rle_pixels(t) for t in preds[r.id]])
+        assert per_image[r.id] == pytest.approx(expected, abs=1e-12), r.id
+        assert 0.0 < per_image[r.id] < 1.0
+    assert len(res["missing_ids"]) == 418 - len(chosen)
+    assert all(per_image[i] == 0.0 for i in res["missing_ids"])

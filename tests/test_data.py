@@ -537,3 +537,24 @@ def test_real_folds_csv(tmp_path):
 def test_real_livecell_tiff_loads_as_gray_uint8():
     img = data.load_image(shared("okotaku-dethub", "A172_Phase_A7_1_00d00h00m_1.tif"))
     assert img.shape == (520, 704) and img.dtype == np.uint8 and img.max() > img.min()
+
+
+def test_empty_or_missing_sample_id_reads_as_unknown(comp):
+    """Real train.csv files keep their metadata columns empty: sample_id reads as None (and
+    the column may be absent); make_folds then needs unknown_sample_alone, which makes each
+    such image a group of its own."""
+    text = (comp / "train.csv").read_text().splitlines()
+    header = text[0].split(",")
+    col = header.index("sample_id")
+    blanked = [",".join("" if k == col else f for k, f in enumerate(line.split(",")))
+               for line in text[1:]]
+    (comp / "train.csv").write_text("\n".join([text[0]] + blanked) + "\n")
+    recs = data.read_train_csv(comp / "train.csv")
+    assert recs and all(r.sample_id is None for r in recs)
+    dropped = [",".join(f for k, f in enumerate(line.split(",")) if k != col) for line in text]
+    (comp / "train.csv").write_text("\n".join(dropped) + "\n")
+    assert [r.sample_id for r in data.read_train_csv(comp / "train.csv")] == [None] * len(recs)
+    with pytest.raises(DataError, match="has no sample_id"):
+        data.make_folds(recs, n_folds=2)
+    folds = data.make_folds(recs, n_folds=2, unknown_sample_alone=True)
+    assert set(folds) == {r.id for r in recs} and set(folds.values()) == {0, 1}

@@ -211,3 +211,14 @@ def test_real_coco_gt_numbers_and_hollow_astro(tmp_path):
     for id_ in ("174793807517", "13325f865bb0", "182c3da676bd"):  # known hollow astro images
         assert holes[id_] >= eda.LARGE_HOLE, id_
         assert doc["artifact_ids"]["holes"].index(id_) < 40  # among the largest holes
+
+
+def test_real_training_only_directory(real_train_only_dir, tmp_path):
+    """kit.eda takes a real training-only directory as it comes (metadata columns empty)."""
+    out = tmp_path / "eda"
+    done = run_module("kit.eda", real_train_only_dir, "--out", out)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((out / "eda.json").read_text())
+    assert doc["n_images"] == 18 and (out / "report.md").is_file()
+    assert {t: v["n_images"] for t, v in doc["cell_types"].items()} == {"cort": 8, "astro": 6,
+                                                                       "shsy5y": 4}

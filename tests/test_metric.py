@@ -1,8 +1,11 @@
-"""kit.metric: hand-computed cases, strictness, empties, overlaps, brute-force and cellpose agreement."""
+"""kit.metric: hand-computed cases, strictness, empties, overlaps, one-to-one matching, the
+independent reference (tests/metric_reference.py), real ground truth, cellpose agreement."""
+import metric_reference as reference
 import numpy as np
 import pytest
 
 from kit import metric, rle
+from tests.conftest import SHARED_DATA
 
 
 def square(shape, y, x, size, value=1, out=None):
@@ -12,19 +15,9 @@ def square(shape, y, x, size, value=1, out=None):
 
 
 def brute_force(gt_stack, pred_stack):
-    """Independent reference: dense IoU matrix from bool stacks, strict >, greedy-free count."""
-    scores = []
-    for t in metric.THRESHOLDS:
-        tp = 0
-        for g in gt_stack:
-            for p in pred_stack:
-                inter = np.logical_and(g, p).sum()
-                union = np.logical_or(g, p).sum()
-                if union and inter / union > t:
-                    tp += 1
-        fp, fn = len(pred_stack) - tp, len(gt_stack) - tp
-        scores.append(tp / (tp + fp + fn) if tp + fp + fn else 1.0)
-    return float(np.mean(scores))
+    """The independent reference (tests/metric_reference.py) on two bool stacks."""
+    return reference.image_score([reference.mask_pixels(m) for m in gt_stack],
+                                 [reference.mask_pixels(m) for m in pred_stack])
 
 
 def labels_to_stack(labels):
@@ -253,3 +246,230 @@ def test_pair_areas_dense_and_sorted_paths_agree():
     np.testing.assert_array_equal(dense_area, expected)
     np.testing.assert_array_equal(sorted_area, expected)
     assert dense_n == sorted_n == len(set(x[x > 0].tolist()))
+
+
+# ---------------------------------------------------------------------------------------------
+# One-to-one matching: overlapping masks within a side (train.csv GT overlaps, has duplicates)
+
+SHAPE = (12, 16)
+
+
+def box(y0, x0, y1, x1, shape=SHAPE):
+    m = np.zeros(shape, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def score_all_ways(gt_masks, pred_masks, shape=SHAPE):
+    """image_score of the same masks as RLE lists and as bool stacks; both must agree."""
+    by_rle = metric.image_score([rle.encode(m) for m in gt_masks],
+                                [rle.encode(m) for m in pred_masks], shape)
+    stack = lambda ms: np.stack(ms) if ms else np.zeros((0,) + shape, bool)  # noqa: E731
+    by_stack = metric.image_score(stack(gt_masks), stack(pred_masks))
+    np.testing.assert_array_equal(by_rle.tp, by_stack.tp)
+    return by_rle
+
+
+def test_duplicate_prediction_costs_one_false_positive():
+    a = box(1, 1, 6, 6)
+    s = score_all_ways([a], [a, a])
+    assert s.tp.tolist() == [1] * 10 and s.fp.tolist() == [1] * 10 and s.fn.tolist() == [0] * 10
+    assert s.score == 0.5
+    # a whole submission written twice: every image loses, never gains
+    cells = [box(0, 0, 4, 4), box(6, 6, 11, 12), box(0, 8, 5, 15)]
+    once = score_all_ways(cells, cells)
+    twice = score_all_ways(cells, cells + cells)
+    assert once.score == 1.0 and twice.score == pytest.approx(0.5)
+
+
+def test_duplicate_ground_truth_counts_once_per_prediction():
+    a, b = box(1, 1, 6, 6), box(7, 9, 11, 15)
+    s = score_all_ways([a, a, b], [a, b])  # GT a is in the file twice (as real GT can be)
+    assert s.tp.tolist() == [2] * 10 and s.fn.tolist() == [1] * 10 and s.fp.tolist() == [0] * 10
+    assert s.score == pytest.approx(2 / 3)
+    assert score_all_ways([a, a, b], [a, a, b]).score == 1.0  # the GT scored against itself
+
+
+def test_nested_ground_truth_mask():
+    outer, inner = box(0, 0, 10, 10), box(1, 1, 9, 9)  # IoU 64/100: both clear 0.5 with outer
+    s = score_all_ways([outer, inner], [outer])
+    assert s.tp.tolist() == [1] * 10
+    assert s.score == 0.5
+    assert score_all_ways([outer, inner], [outer, inner]).score == 1.0
+
+
+def test_merge_over_two_cells_and_split_of_one():
+    left, right = box(2, 0, 8, 7), box(2, 7, 8, 16)  # 42 and 54 px, touching
+    merged = left | right
+    s = score_all_ways([left, right], [merged])  # right has IoU 54/96 > 0.5 with the merge
+    assert s.tp.tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    split = score_all_ways([merged], [left, right])
+    np.testing.assert_array_equal(split.tp, s.tp)
+    assert (split.n_true, split.n_pred) == (1, 2)
+
+
+def test_matching_needs_an_augmenting_path():
+    """Greedy assignment in list order gets 1 here; the maximum one-to-one matching is 2."""
+    from kit import _metric_numba as k
+
+    assert k.max_matching(np.array([0, 0, 1]), np.array([0, 1, 0]), 2, 2) == 2
+    assert k.max_matching(np.array([0, 1, 2]), np.array([0, 0, 0]), 3, 1) == 1
+    assert k.max_matching(np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0) == 0
+    # masks with that graph: g0 clears 0.5 with p0 and p1, g1 only with p0
+    g0, p0, p1 = box(0, 0, 4, 10), box(0, 0, 4, 10), box(0, 0, 4, 7)
+    g1 = box(0, 0, 4, 12)  # IoU(g1, p0) = 40/48, IoU(g1, p1) = 28/48 > 0.5 too
+    g1b = box(0, 0, 5, 10)  # IoU(g1b, p0) = 40/50, IoU(g1b, p1) = 28/50 > 0.5
+    for second in (g1, g1b):
+        s = score_all_ways([g0, second], [p0, p1])
+        assert s.tp[0] == 2
+        assert s.tp.tolist() == reference.counts([reference.mask_pixels(m) for m in (g0, second)],
+                                                 [reference.mask_pixels(m) for m in (p0, p1)])[0]
+
+
+def test_max_matching_agrees_with_linear_sum_assignment():
+    from scipy.optimize import linear_sum_assignment
+
+    from kit import _metric_numba as k
+
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        n_left, n_right = rng.integers(1, 9, 2)
+        adj = rng.random((n_left, n_right)) < rng.uniform(0.1, 0.7)
+        left, right = np.nonzero(adj)
+        r, c = linear_sum_assignment(adj, maximize=True)
+        assert k.max_matching(left.astype(np.int64), right.astype(np.int64), n_left,
+                              n_right) == int(adj[r, c].sum())
+
+
+def _overlapping_masks(rng, shape, n):
+    """n masks that overlap each other: rectangles and ellipses, some duplicated, some nested,
+    some the union of two others."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    masks = []
+    for _ in range(n):
+        kind = rng.integers(0, 5) if masks else 0
+        if kind == 0:
+            cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+            ry, rx = rng.uniform(1.5, 5, 2)
+            masks.append(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1)
+        elif kind == 1:
+            y0, x0 = rng.integers(0, shape[0] - 2), rng.integers(0, shape[1] - 2)
+            masks.append(box(y0, x0, y0 + rng.integers(2, 7), x0 + rng.integers(2, 9), shape))
+        elif kind == 2:
+            masks.append(masks[rng.integers(len(masks))].copy())  # duplicate
+        elif kind == 3:
+            m = masks[rng.integers(len(masks))]
+            ys, xs = np.nonzero(m)
+            inner = np.zeros(shape, bool)
+            if ys.size > 4:  # nested: the mask less its first row and column
+                inner[ys.min() + 1:, xs.min() + 1:] = m[ys.min() + 1:, xs.min() + 1:]
+            masks.append(inner)
+        else:
+            i, j = rng.integers(len(masks), size=2)
+            masks.append(masks[i] | masks[j])  # merge
+    return masks
+
+
+def _jitter(rng, masks, shape):
+    out = []
+    for m in masks:
+        if rng.random() < 0.1:
+            continue
+        m = np.roll(m, (rng.integers(-1, 2), rng.integers(-1, 2)), axis=(0, 1))
+        out.append(m & (rng.random(shape) > 0.05))
+        if rng.random() < 0.15:
+            out.append(out[-1].copy())
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_overlapping_masks_agree_with_the_reference(seed):
+    rng = np.random.default_rng(100 + seed)
+    shape = (24, 30)
+    gt = _overlapping_masks(rng, shape, rng.integers(0, 14))
+    pred = _jitter(rng, gt, shape) + _overlapping_masks(rng, shape, rng.integers(0, 3))
+    tp, n_true, n_pred = reference.counts([reference.mask_pixels(m) for m in gt],
+                                          [reference.mask_pixels(m) for m in pred])
+    s = score_all_ways(gt, pred, shape)
+    assert s.tp.tolist() == tp and (s.n_true, s.n_pred) == (n_true, n_pred)
+    assert 0.0 <= s.score <= 1.0
+    assert s.score == pytest.approx(reference.image_score(
+        [reference.mask_pixels(m) for m in gt], [reference.mask_pixels(m) for m in pred]),
+        abs=1e-12)
+    # one side painted into a label image (no overlaps on that side) still matches one-to-one
+    labels = np.zeros(shape, np.int32)
+    for k, m in enumerate(pred, 1):
+        labels[m] = k
+    tp, _, _ = reference.counts([reference.mask_pixels(m) for m in gt],
+                                reference.label_image_pixels(labels))
+    mixed = metric.image_score([rle.encode(m) for m in gt], labels)
+    assert mixed.tp.tolist() == tp
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_no_overlaps_same_counts_on_every_path(seed):
+    """Without overlapping masks the candidates are the matching: label images, stacks and
+    RLE lists give the same counts, equal to the reference's."""
+    rng = np.random.default_rng(seed)
+    gt = random_blobs(rng, (40, 50), rng.integers(1, 12))
+    pred = perturb(rng, gt)
+    tp, n_true, n_pred = reference.counts(reference.label_image_pixels(gt),
+                                          reference.label_image_pixels(pred))
+    paths = [metric.image_score(gt, pred),
+             metric.image_score(labels_to_stack(gt), labels_to_stack(pred)),
+             metric.image_score(rle.encode_labels(gt), rle.encode_labels(pred), gt.shape)]
+    for s in paths:
+        assert s.tp.tolist() == tp and (s.n_true, s.n_pred) == (n_true, n_pred)
+
+
+def test_reference_decodes_rle_by_the_definition():
+    assert reference.rle_pixels("1 3 10 2") == {0, 1, 2, 9, 10}
+    m = np.zeros((3, 4), bool)
+    m[1, 1:3] = True  # row-major pixels 5, 6 -> RLE "6 2"
+    assert rle.encode(m) == "6 2" and reference.rle_pixels("6 2") == reference.mask_pixels(m)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real ground truth (../shared/data/sartorius), skipped when absent
+
+REAL = SHARED_DATA / "sartorius"
+needs_real = pytest.mark.skipif(not (REAL / "train.csv").is_file(),
+                                reason="real Sartorius GT (../shared/data/sartorius) not present")
+
+
+@pytest.fixture(scope="module")
+def real_records():
+    from kit.data import read_train_csv
+
+    return read_train_csv(REAL / "train.csv", check_images=False)
+
+
+@needs_real
+def test_every_real_image_scores_exactly_one_against_its_own_gt(real_records):
+    assert len(real_records) == 418
+    for r in real_records:
+        s = metric.image_score(list(r.rles), list(r.rles), r.shape, id=r.id)
+        assert s.score == 1.0, r.id
+        assert s.tp.tolist() == [s.n_true] * 10 and s.n_true == len(r.rles)
+
+
+@needs_real
+@pytest.mark.parametrize("image_id", ["a7b1db2a42fc", "de504eaa5349"])
+def test_real_duplicate_gt_matches_the_reference(real_records, image_id):
+    """Real images that hold duplicate GT masks (IoU 1.0): a prediction of each distinct
+    mask once matches one copy; the other copies are false negatives."""
+    r = next(x for x in real_records if x.id == image_id)
+    gt_sets = [reference.rle_pixels(t) for t in r.rles]
+    distinct = list(dict.fromkeys(r.rles))
+    assert len(distinct) < len(r.rles)  # duplicates are there
+    rng = np.random.default_rng(0)
+    pred = [distinct[i] for i in rng.permutation(len(distinct))]
+    pred += pred[:7]  # and some predictions twice
+    tp, n_true, n_pred = reference.counts(gt_sets, [reference.rle_pixels(t) for t in pred])
+    s = metric.image_score(list(r.rles), pred, r.shape)
+    assert s.tp.tolist() == tp and (s.n_true, s.n_pred) == (n_true, n_pred)
+    # every distinct mask matches one copy; a repeated prediction may match a near-duplicate
+    assert len(distinct) <= s.tp[0] < len(distinct) + 7 and 0.0 < s.score < 1.0
+    shifted = rle.encode_stack(np.roll(rle.decode_stack(list(r.rles), r.shape), 1, axis=2))
+    tp, _, _ = reference.counts(gt_sets, [reference.rle_pixels(t) for t in shifted])
+    assert metric.image_score(list(r.rles), shifted, r.shape).tp.tolist() == tp

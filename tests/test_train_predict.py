@@ -75,3 +75,40 @@ def test_cell_type_classifier_on_synthetic_images(tmp_path):
     assert len(oof) == len(types) and acc > majority
     with pytest.raises(ValueError, match="unknown cell types"):
         CellTypeClassifier().fit_features(feats[:2], ["cort", "neuron"])
+
+
+def test_train_on_a_real_training_only_directory(real_train_only_dir, tmp_path):
+    """Real train.csv rows as they come (no sample_id) + train/ only: kit.train makes
+    ungrouped folds with a warning, or takes --folds; the OOF score is strict JSON in [0, 1]
+    and kit.cv re-scores oof.csv to the same number."""
+    import math
+
+    from kit.data import read_train_csv
+    from tests.conftest import REAL_SARTORIUS
+
+    recs = read_train_csv(real_train_only_dir / "train.csv")
+    unknown = sum(r.sample_id is None for r in recs)
+    assert unknown >= len(recs) - 1
+    out = tmp_path / "baseline"
+    done = run_module("kit.train", "baseline", "--data", real_train_only_dir, "--fold", 0,
+                      "--n-folds", 3, "--out", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert f"warning: {unknown} of {len(recs)} train images have no sample_id" in done.stderr
+    def refuse(name):
+        raise AssertionError(f"{name} in oof_score.json (not JSON)")
+
+    res = json.loads((out / "oof_score.json").read_text(), parse_constant=refuse)
+    assert 0.0 <= res["map"] <= 1.0 and math.isfinite(res["map"])
+    cv_json = tmp_path / "cv.json"
+    cv = run_module("kit.cv", "--gt", real_train_only_dir, "--pred", out / "oof.csv", "--folds",
+                    out / "folds.csv", "--fold", 0, "--json", cv_json, "--quiet")
+    assert cv.returncode == 0, cv.stderr
+    assert json.loads(cv_json.read_text())["map"] == res["map"]
+
+    out2 = tmp_path / "baseline_folds"
+    done = run_module("kit.train", "baseline", "--data", real_train_only_dir, "--fold", 1,
+                      "--folds", REAL_SARTORIUS / "folds.csv", "--out", out2, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr
+    folds = dict(line.split(",") for line in (out2 / "folds.csv").read_text().split()[1:])
+    assert set(folds) == {r.id for r in recs}

@@ -99,10 +99,11 @@ def evaluate(model: MaskRCNNModel, records) -> dict:
         n_pred += int(len(np.unique(labels)) - (labels.min() == 0 if labels.size else 0))
         scores.append(metric.image_score(list(rec.rles), labels, rec.shape, id=rec.id,
                                          cell_type=rec.cell_type))
+    if not scores:
+        return {"map": 0.0, "by_cell_type": {}, "n_images": 0, "n_pred": n_pred}
     summary = metric.summarize(scores)
-    value = float(summary.map) if scores else 0.0
-    by = {k: float(v.map) for k, v in summary.by_cell_type.items()} if scores else {}
-    return {"map": value if math.isfinite(value) else 0.0, "by_cell_type": by,
+    by = {k: float(v.map) for k, v in summary.by_cell_type.items()}
+    return {"map": float(summary.map), "by_cell_type": by,
             "n_images": len(scores), "n_pred": n_pred}
 
 
