@@ -532,7 +532,17 @@ def _augment(u0, ptr, adj, match_a, match_b, seen, stamp, stack_u, stack_e):
 
 @njit(cache=True, nogil=True)
 def max_matching(left, right, n_left, n_right):
-    """Size of a maximum one-to-one matching of a bipartite graph.
+    """Size of a maximum one-to-one matching of a bipartite graph (see :func:`matching`)."""
+    size = 0
+    for v in matching(left, right, n_left, n_right):
+        size += v >= 0
+    return size
+
+
+@njit(cache=True, nogil=True)
+def matching(left, right, n_left, n_right):
+    """A maximum one-to-one matching of a bipartite graph: (n_left,) int64, the right vertex
+    matched to each left vertex or -1.
 
     left, right: (E,) int64 edge ends, 0 <= left < n_left, 0 <= right < n_right. Greedy
     start, then Kuhn's augmenting paths from every vertex the greedy pass left free.
@@ -549,21 +559,19 @@ def max_matching(left, right, n_left, n_right):
         fill[left[e]] += 1
     match_a = np.full(n_left, -1, np.int64)
     match_b = np.full(n_right, -1, np.int64)
-    size = 0
     for u in range(n_left):
         for e in range(ptr[u], ptr[u + 1]):
             if match_b[adj[e]] < 0:
                 match_a[u] = adj[e]
                 match_b[adj[e]] = u
-                size += 1
                 break
     seen = np.full(n_right, -1, np.int64)
     stack_u = np.empty(n_left + 1, np.int64)
     stack_e = np.empty(n_left + 1, np.int64)
     for u in range(n_left):
         if match_a[u] < 0 and ptr[u + 1] > ptr[u]:
-            size += _augment(u, ptr, adj, match_a, match_b, seen, u, stack_u, stack_e)
-    return size
+            _augment(u, ptr, adj, match_a, match_b, seen, u, stack_u, stack_e)
+    return match_a
 
 
 @njit(cache=True, nogil=True)

@@ -552,10 +552,11 @@ def make_folds(records: Iterable[ImageRecord], n_folds: int = 5, seed: int = 42,
                             "by it)")
         seen.add(r.id)
         ids.append(r.id)
-    group_of: dict[tuple, int] = {}  # (sample_id) or (None, id) for an image alone -> group
-    groups = [group_of.setdefault((r.sample_id,) if r.sample_id is not None else (None, r.id),
-                                  len(group_of)) for r in records]
-    n_groups = len(group_of)
+    # An image without a sample_id is a group of its own, under a name no sample_id can take
+    # (a NUL byte first, which no real sample_id has): groups that exist keep their names, so
+    # the folds of fully labelled records do not change.
+    groups = [r.sample_id if r.sample_id is not None else f"\0{r.id}" for r in records]
+    n_groups = len(set(groups))
     if n_groups < n_folds:
         raise DataError(f"make_folds: {n_groups} sample_id group(s) in {len(records)} records, "
                         f"fewer than n_folds={n_folds}; each fold needs at least one group")

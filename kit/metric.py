@@ -210,6 +210,27 @@ def iou_pairs(gt, pred, shape=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return a[order], b[order], iou[order]
 
 
+def matched_pairs(gt, pred, shape=None, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """The (gt_index, pred_index) pairs of a maximum one-to-one matching at ``threshold`` (one
+    of :data:`THRESHOLDS`), as :func:`image_score` counts them: ``len`` = its TP there.
+
+    Indices as in :func:`iou_pairs`; sorted by gt index. Which of several equally large
+    matchings is returned is unspecified (only their size is the metric's).
+    """
+    t = round(float(threshold), 2)
+    if t not in THRESHOLDS:
+        raise ValueError(f"threshold must be one of {list(THRESHOLDS)}, got {threshold!r}")
+    k = THRESHOLDS.index(t)
+    a, b, c, area_a, area_b, _, _ = _pairs(gt, pred, shape)
+    keep = (a > 0) & (b > 0) & (20 * c > (10 + k) * (area_a + area_b - c))
+    a, b = a[keep], b[keep]
+    ua, ia = np.unique(a, return_inverse=True)
+    ub, ib = np.unique(b, return_inverse=True)
+    match = _k.matching(ia.astype(np.int64), ib.astype(np.int64), ua.size, ub.size)
+    left = np.flatnonzero(match >= 0)
+    return ua[left], ub[match[left]]
+
+
 def score_images(pairs: Iterable[tuple], shape=None) -> Iterator[ImageScore]:
     """Lazily score ``(id, cell_type, gt, pred)`` tuples; yields one ImageScore each."""
     for image_id, cell_type, gt, pred in pairs:

@@ -486,8 +486,8 @@ class SearchResult:
     seconds: float = 0.0
 
     def overall(self, which: str) -> float:
-        vals = [getattr(r, which) for r in self.types.values() for _ in r.ids]
-        return float(np.mean(vals)) if vals else float("nan")
+        """Image-weighted mean of the per-type MAPs (a search has >= 1 image)."""
+        return float(np.mean([getattr(r, which) for r in self.types.values() for _ in r.ids]))
 
     def table(self) -> str:
         """Markdown: per cell type images, MAP before (the model's parameters) and after."""
@@ -553,6 +553,9 @@ def search(cache_dir, gt, model_type: str | None = None, n_jobs: int = 1, rounds
         if ids is None or i["id"] in set(ids):
             by_type.setdefault(i["cell_type"], []).append(i["id"])
     wanted = [ct for ct in CELL_TYPES if ct in by_type and (not types or ct in types)]
+    if not wanted:
+        raise ValueError(f"{cache_dir}: nothing to tune: no cached image of the chosen cell "
+                         f"types / ids ({len(meta['images'])} cached)")
     t0 = time.time()
     results = {}
     with Parallel(n_jobs=n_jobs) as parallel:

@@ -60,13 +60,12 @@ class Overlay:
 
 def match_masks(gt_rles: Sequence[str], pred_rles: Sequence[str], shape,
                 iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """(gt_matched (N,) bool, pred_matched (M,) bool): a mask is matched when some mask of the
-    other side has IoU > ``iou`` (for iou >= 0.5 the partner is unique)."""
-    g, p, v = metric.iou_pairs(list(gt_rles), list(pred_rles), shape)
+    """(gt_matched (N,) bool, pred_matched (M,) bool): the masks of the metric's one-to-one
+    matching at IoU > ``iou`` (a duplicate of a matched mask stays unmatched)."""
+    g, p = metric.matched_pairs(list(gt_rles), list(pred_rles), shape, iou)
     gm, pm = np.zeros(len(gt_rles), bool), np.zeros(len(pred_rles), bool)
-    keep = v > iou
-    gm[g[keep] - 1] = True  # iou_pairs indices are 1-based list positions
-    pm[p[keep] - 1] = True
+    gm[g - 1] = True  # indices are 1-based list positions
+    pm[p - 1] = True
     return gm, pm
 
 

@@ -393,6 +393,13 @@ def test_overlapping_masks_agree_with_the_reference(seed):
     s = score_all_ways(gt, pred, shape)
     assert s.tp.tolist() == tp and (s.n_true, s.n_pred) == (n_true, n_pred)
     assert 0.0 <= s.score <= 1.0
+    gt_rles, pred_rles = [rle.encode(m) for m in gt], [rle.encode(m) for m in pred]
+    for k, t in enumerate(metric.THRESHOLDS):  # the matching itself: one-to-one, IoU > t
+        g, p = metric.matched_pairs(gt_rles, pred_rles, shape, t)
+        assert len(g) == tp[k] and len(set(g)) == len(g) and len(set(p)) == len(p)
+        for i, j in zip(g, p):
+            inter = np.logical_and(gt[i - 1], pred[j - 1]).sum()
+            assert 20 * inter > (10 + k) * np.logical_or(gt[i - 1], pred[j - 1]).sum()
     assert s.score == pytest.approx(reference.image_score(
         [reference.mask_pixels(m) for m in gt], [reference.mask_pixels(m) for m in pred]),
         abs=1e-12)

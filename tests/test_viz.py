@@ -71,6 +71,17 @@ def test_overlay_counts_and_colours_by_match():
     assert viz.figure_scale(704) == 1 and viz.figure_scale(W) == 6
 
 
+def test_a_duplicate_prediction_is_drawn_as_a_false_positive():
+    """The outlines follow the metric's one-to-one matching: the second copy of a matched
+    prediction is FP (red), and the TP count equals the score's TP at 0.5."""
+    image = np.full((H, W), 120, np.uint8)
+    gt, pred = [rle.encode(GT_TP)], [rle.encode(PRED_TP), rle.encode(PRED_TP)]
+    ov = viz.make_overlay(image, gt, pred)
+    assert (ov.tp, ov.fp, ov.fn) == (1, 1, 0) == (ov.score.tp[0], ov.score.fp[0], ov.score.fn[0])
+    gm, pm = viz.match_masks(gt + gt, pred[:1], (H, W))  # duplicate GT: one copy matched
+    assert gm.sum() == 1 and pm.tolist() == [True]
+
+
 def test_cli_figures_grid_and_scores(case, tmp_path):
     out = tmp_path / "out"
     done = run_module("kit.viz", "--gt", case, "--pred", case / "pred.csv", "--ids", "b",
