@@ -84,19 +84,25 @@ def parse_runs(rles: Sequence[str], shape) -> tuple[np.ndarray, np.ndarray, np.n
     Raises :class:`RLEError` (a ``ValueError``) naming the RLE's index, the token and the rule.
     """
     h, w = _shape2d(shape)
-    texts = [_as_text(r, i) for i, r in enumerate(rles)]
-    if not texts:
+    if not len(rles):
         z = np.zeros(0, np.int64)
         return np.zeros(1, np.int64), z, z
+    try:  # the common case, all strings without a newline, in one join
+        text = "\n".join(rles)
+    except TypeError:  # None / NaN cells (empty masks) or a wrong type: check one by one
+        text = None
+    if text is None or text.count("\n") != len(rles) - 1:
+        text = "\n".join([_as_text(r, i) for i, r in enumerate(rles)])
     try:
-        blob = "\n".join(texts).encode("ascii")
+        blob = text.encode("ascii")
     except UnicodeEncodeError:
+        texts = text.split("\n")
         bad = next(i for i, t in enumerate(texts) if not t.isascii())
         raise RLEError(f"RLE #{bad} has non-ASCII characters: {texts[bad][:40]!r}", bad) from None
     ptr, starts, lengths, err, line, tok = _k.parse_rle_bytes(
         np.frombuffer(blob, np.uint8), h * w)
     if err:
-        raise _error(err, int(line), int(tok), texts[int(line)], h * w)
+        raise _error(err, int(line), int(tok), text.split("\n")[int(line)], h * w)
     return ptr, starts, lengths
 
 
