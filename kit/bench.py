@@ -688,7 +688,7 @@ def run_bench(n_images: int = 200, seed: int = 0, repeat: int = 3, cellpose_imag
     }
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     """CLI: print the report, optionally save the JSON; exit 1 when a peer check fails."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -702,6 +702,10 @@ def main(argv=None) -> int:
             parser.error(f"--{opt.replace('_', '-')} must be >= 1, got {getattr(args, opt)}")
     if args.rle_images < 0:
         parser.error(f"--rle-images must be >= 0, got {args.rle_images}")
+    if args.json:
+        from kit.atomic import check_writable
+
+        check_writable(args.json, "--json output")  # before a run of minutes
     real_gt = None if args.synthetic_rle else args.real_gt
     if real_gt is not None and not real_gt.is_file():
         parser.error(f"--real-gt {real_gt}: no such file")
@@ -713,7 +717,6 @@ def main(argv=None) -> int:
     if args.json:
         from kit.atomic import atomic_open
 
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(args.json, "w") as f:
             f.write(json.dumps(result, indent=1, allow_nan=False) + "\n")
     return 0 if result["all_checks_passed"] else 1
@@ -810,6 +813,13 @@ def report_lines(res: dict) -> list[str]:
             f"Checks: {'all passed' if res['all_checks_passed'] else 'FAILED'}; "
             f"wall time {res['wall_s']:.0f} s"]
     return out
+
+
+def main(argv=None) -> int:
+    """The command line: :func:`_main`, every input error one line, exit 2 (:func:`kit.errors.cli`)."""
+    from kit.errors import cli
+
+    return cli(_main, argv, input_error=2)
 
 
 if __name__ == "__main__":

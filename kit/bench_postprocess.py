@@ -172,7 +172,7 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kit.bench_postprocess",
                                      description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -183,13 +183,26 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.n < 1 or args.repeat < 1:
         print(f"error: --n and --repeat must be >= 1, got {args.n}, {args.repeat}", file=sys.stderr)
-        return 1
+        return 2
+    if args.json:
+        from kit.atomic import check_writable
+
+        check_writable(args.json, "--json output")  # before the timed runs
     res = run(args.n, args.repeat, args.seed)
     print(format_table(res))
     if args.json:
-        with open(args.json, "w") as f:
+        from kit.atomic import atomic_open
+
+        with atomic_open(args.json, "w") as f:
             json.dump(res, f, indent=1)
     return 0 if res["targets"]["pass"] else 1
+
+
+def main(argv=None) -> int:
+    """The command line: :func:`_main`, every input error one line, exit 2 (:func:`kit.errors.cli`)."""
+    from kit.errors import cli
+
+    return cli(_main, argv, input_error=2)
 
 
 if __name__ == "__main__":

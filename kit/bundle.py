@@ -255,7 +255,7 @@ def upload(out: Path, slug: str, message: str) -> str:
     return "created"
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python build_bundle.py", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     io = parser.add_argument_group("inputs and output")
@@ -281,18 +281,25 @@ def main(argv=None) -> int:
         print("error: --upload needs Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY, or put "
               "kaggle.json in ~/.kaggle (or $KAGGLE_CONFIG_DIR). Nothing was built or uploaded.",
               file=sys.stderr)
-        return 1
+        return 2
     try:
         manifest = build(args.weights, args.out, args.slug, args.title, args.wheel_cache,
                          args.target_freeze, args.python_version, args.offline)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(f"bundle {args.out}: {len(manifest['wheels'])} wheels, models {manifest['models']}, "
           f"{len(manifest['files'])} files in {MANIFEST}")
     if args.upload:
         print(f"Kaggle dataset {args.slug}: {upload(args.out, args.slug, args.message)}")
     return 0
+
+
+def main(argv=None) -> int:
+    """The command line: :func:`_main`, every input error one line, exit 2 (:func:`kit.errors.cli`)."""
+    from kit.errors import cli
+
+    return cli(_main, argv, input_error=2)
 
 
 if __name__ == "__main__":

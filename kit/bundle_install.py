@@ -35,10 +35,24 @@ def sha256(path: Path) -> str:
 
 
 def read_manifest(bundle: Path) -> dict:
+    """The manifest, checked to hold ``files`` (relative path -> sha256 hex) and ``wheels``
+    (relative paths, each also in ``files``); BundleError naming the file otherwise."""
     path = bundle / MANIFEST
     if not path.is_file():
         raise BundleError(f"{path}: missing (is {bundle} a kit bundle?)")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BundleError(f"{path}: unreadable or not JSON, the bundle is damaged: rebuild or "
+                          f"re-download it ({type(e).__name__}: {e})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    wheels = manifest.get("wheels") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in files.items()):
+        raise BundleError(f"{path}: no 'files' mapping of path -> sha256; the bundle is damaged")
+    if not isinstance(wheels, list) or not all(isinstance(w, str) and w in files for w in wheels):
+        raise BundleError(f"{path}: no 'wheels' list of files it names; the bundle is damaged")
+    return manifest
 
 
 def verify(bundle: Path) -> dict:
@@ -84,6 +98,12 @@ def main(argv=None) -> int:
             print(f"installed {len(names)} wheels from {args.bundle}: {', '.join(names)}")
     except BundleError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:  # e.g. a bundle file that cannot be read
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 1
     return 0
 

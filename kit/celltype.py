@@ -104,10 +104,13 @@ class CellTypeClassifier:
     def load(cls, folder) -> "CellTypeClassifier":
         import joblib
 
+        from kit.models import model_file
+
         path = Path(folder) / FILE_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no cell-type classifier at {path}")
-        return cls(joblib.load(path))
+        with model_file(path, "cell-type classifier"):
+            return cls(joblib.load(path))
 
 
 def oof_accuracy(features: np.ndarray, types: Sequence[str], groups: Sequence[str],

@@ -28,10 +28,12 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from kit.errors import KitError
+
 __all__ = ["ConfigError", "load_yaml", "from_dict", "to_dict", "load"]
 
 
-class ConfigError(ValueError):
+class ConfigError(KitError):
     """A bad config: names the file, the dotted key and the bad value."""
 
 
@@ -81,8 +83,16 @@ def load_yaml(path) -> dict:
     return data
 
 
+_KEY = ", key "
+
+
 def _join(where: str, key) -> str:
-    return f"{where}.{key}" if where else str(key)
+    """Where a value is: ``x.yaml, key train.lr`` (the file, then the dotted key path)."""
+    if not where:
+        return f"key {key}"
+    if where.startswith("key ") or _KEY in where:
+        return f"{where}.{key}"
+    return f"{where}{_KEY}{key}"
 
 
 def _fail(where: str, msg: str) -> ConfigError:

@@ -126,7 +126,7 @@ def write_json_atomic(obj, path: Path) -> None:
         json.dump(obj, f, indent=1, allow_nan=False)
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kit.cv", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     io = parser.add_argument_group("inputs and outputs")
@@ -141,9 +141,12 @@ def main(argv=None) -> int:
     view.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
+    from kit.atomic import check_writable
     from kit.data import read_train_csv
 
     try:
+        if args.json is not None:
+            check_writable(args.json, "--json output")
         gt_csv = _gt_csv(args.gt)
         gt = read_train_csv(gt_csv, check_images=False)
         if not gt:
@@ -171,6 +174,13 @@ def main(argv=None) -> int:
         write_json_atomic(result_json(summary, scores, missing), args.json)
         print(f"\nwrote {args.json}")
     return 0
+
+
+def main(argv=None) -> int:
+    """The command line: :func:`_main`, every input error one line, exit 2 (:func:`kit.errors.cli`)."""
+    from kit.errors import cli
+
+    return cli(_main, argv, input_error=2)
 
 
 if __name__ == "__main__":

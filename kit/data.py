@@ -40,7 +40,6 @@ Folds
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import json
 from dataclasses import dataclass, field, replace
@@ -51,6 +50,8 @@ import numpy as np
 
 from kit import CELL_TYPES
 from kit import rle as _rle
+from kit.csvfile import at, read_csv
+from kit.errors import KitError
 
 __all__ = [
     "DataError", "ImageRecord", "Competition", "TRAIN_COLUMNS",
@@ -66,7 +67,7 @@ OPTIONAL_TRAIN_COLUMNS = ("sample_id",)
 FOLDS_COLUMNS = ("id", "fold")
 
 
-class DataError(ValueError):
+class DataError(KitError):
     """Bad input data. The message names the file, line (1-based, header = 1), field and value."""
 
 
@@ -75,13 +76,7 @@ def _show(value: str, limit: int = 60) -> str:
     return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} chars)"
 
 
-def _at(path, line: int | None = None, field_: str | None = None) -> str:
-    where = str(path)
-    if line is not None:
-        where += f" line {line}"
-    if field_ is not None:
-        where += f", field {field_!r}"
-    return where
+_at = at
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,39 +216,8 @@ def _image_shape(path: Path, check: bool) -> tuple[int, int]:
 
 def _read_csv(path: Path, required: Sequence[str], optional: Sequence[str] = ()
               ) -> tuple[dict[str, int], list[tuple[int, list[str]]]]:
-    """Header column positions and ``(line, fields)`` rows of a CSV; blank lines are skipped."""
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            rows = []
-            for row in reader:
-                if row:
-                    rows.append((reader.line_num, row))
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a CSV file") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e})") from None
-    except csv.Error as e:
-        raise DataError(f"{_at(path, reader.line_num)}: malformed CSV ({e})") from None
-    if header is None:
-        raise DataError(f"{path}: file is empty; expected a header with columns {', '.join(required)}")
-    header = [h.strip() for h in header]
-    dup = sorted({h for h in header if header.count(h) > 1})
-    if dup:
-        raise DataError(f"{_at(path, 1)} (header): duplicate column(s) {dup}")
-    missing = [c for c in required if c not in header]
-    if missing:
-        also = f" and optionally {list(optional)}" if optional else ""
-        raise DataError(f"{_at(path, 1)} (header): missing column(s) {missing}; expected columns "
-                        f"{list(required)}{also} in any order (others are ignored), found {header}")
-    for line, row in rows:
-        if len(row) != len(header):
-            raise DataError(f"{_at(path, line)}: {len(row)} fields, the header has {len(header)}")
-    return {h: i for i, h in enumerate(header)}, rows
+    """Header column positions and ``(line, fields)`` rows (:func:`kit.csvfile.read_csv`)."""
+    return read_csv(path, required, optional, error_type=DataError)
 
 
 def _positive_int(text: str, path, line: int, name: str) -> int:
@@ -317,11 +281,7 @@ def _read_train(path, images_dir, check_images: bool, source: str):
             _rle.parse_runs(g.rles, (g.height, g.width))
         except _rle.RLEError as e:
             line = g.lines[e.index]
-            msg, prefix = str(e), f"RLE #{e.index}"
-            if msg.startswith(prefix + ", "):
-                msg = "RLE " + msg[len(prefix) + 2:]
-            elif msg.startswith(prefix):
-                msg = "RLE" + msg[len(prefix):]
+            msg = f"RLE {e.detail}"
             raise DataError(f"{_at(path, line, 'annotation')}: {msg} (height {g.height}, width "
                             f"{g.width}; value {_show(g.rles[e.index])})") from None
         image_path = images_dir / f"{id_}.png"
@@ -461,9 +421,14 @@ def read_coco(json_path, images_dir=None, cell_type: str | None = None, *,
             if not isinstance(img, dict) or key not in img:
                 raise DataError(f"{json_path}: images[{k}] has no {key!r}")
     for k, a in enumerate(anns):
-        for key in ("image_id", "segmentation"):
+        for key in ("id", "image_id", "category_id", "segmentation"):
             if not isinstance(a, dict) or key not in a:
                 raise DataError(f"{json_path}: annotations[{k}] has no {key!r}")
+    if not isinstance(categories, list):
+        raise DataError(f"{json_path}: 'categories' must be a list, got {type(categories).__name__}")
+    for k, cat in enumerate(categories):
+        if not isinstance(cat, dict) or "id" not in cat:
+            raise DataError(f"{json_path}: categories[{k}] has no 'id'")
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress

@@ -57,7 +57,7 @@ def _best_model(out: Path, models: list[str]) -> str:
     return max(maps, key=maps.get)
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kit.demo", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for every artefact")
@@ -113,6 +113,13 @@ def main(argv=None) -> int:
     for label, path in artefacts:
         print(f"  {label:<26} {path}")
     return 0
+
+
+def main(argv=None) -> int:
+    """The command line: :func:`_main`, every input error one line, exit 2 (:func:`kit.errors.cli`)."""
+    from kit.errors import cli
+
+    return cli(_main, argv, input_error=2)
 
 
 if __name__ == "__main__":

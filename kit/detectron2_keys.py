@@ -212,7 +212,9 @@ def convert(d2, num_classes: int | None = None, *, pixel_mean=None, pixel_std=No
     return out, rep
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
+    from kit.errors import one_line
+
     parser = argparse.ArgumentParser(prog="python -m kit.detectron2_keys",
                                      description="Import a detectron2 Mask R-CNN R50-FPN checkpoint "
                                                  "as a kit model folder.",
@@ -253,12 +255,19 @@ def main(argv=None) -> int:
                              f"unexpected {res.unexpected_keys[:5]}")
         MaskRCNNModel(cfg, net, "cpu", extra={"imported_from": str(args.checkpoint),
                                               "conversion": rep.to_dict()}).save(args.out)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out}: {len(rep.consumed)} detectron2 tensors used, {len(rep.skipped)} skipped "
           f"{sorted(rep.skipped)[:5]}; image_mean {rep.input_mean}, image_std {rep.input_std}")
     return 0
+
+
+def main(argv=None) -> int:
+    """The command line: :func:`_main`, every input error one line, exit 2 (:func:`kit.errors.cli`)."""
+    from kit.errors import cli
+
+    return cli(_main, argv, input_error=2)
 
 
 if __name__ == "__main__":

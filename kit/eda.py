@@ -605,7 +605,7 @@ def _load(data: Path | None, coco: Sequence[Path]) -> tuple[list, list[str], Pat
     return records, inputs, csv_path
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kit.eda", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     io_ = parser.add_argument_group("inputs and outputs")
@@ -633,6 +633,9 @@ def main(argv=None) -> int:
         if args.min_area < 0 or not 0 <= args.heavy_overlap < 1:
             raise ValueError(f"--min-area must be >= 0 and --heavy-overlap in [0, 1), got "
                              f"{args.min_area} and {args.heavy_overlap}")
+        from kit.atomic import check_writable_dir
+
+        check_writable_dir(args.out, "EDA folder")  # before the work
         records, inputs, csv_path = _load(args.data, args.coco)
         images = analyze(records, progress=not args.quiet)
         doc = write_outputs(images, args.out, inputs, args.min_area, args.heavy_overlap,
@@ -652,6 +655,13 @@ def main(argv=None) -> int:
         print(f"wrote {args.out / 'train_clean.csv'} ({doc['clean']['n_filled']} mask(s) filled)")
     print(f"wrote {args.out / 'report.md'} and {args.out / 'eda.json'}")
     return 0
+
+
+def main(argv=None) -> int:
+    """The command line: :func:`_main`, every input error one line, exit 2 (:func:`kit.errors.cli`)."""
+    from kit.errors import cli
+
+    return cli(_main, argv, input_error=2)
 
 
 if __name__ == "__main__":

@@ -523,15 +523,10 @@ class EnsembleModel:
     @classmethod
     def load(cls, folder) -> "EnsembleModel":
         from kit import config as kconfig
-        from kit.models import load_model, model_type
+        from kit.models import load_model, model_type, read_model_json
 
         folder = Path(folder)
-        path = folder / "model.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no model.json in {str(folder)!r}")
-        doc = json.loads(path.read_text())
-        if doc.get("type") != cls.TYPE:
-            raise ValueError(f"{path} holds a model of type {doc.get('type')!r}, expected {cls.TYPE!r}")
+        path, doc = read_model_json(folder, cls.TYPE)
         cfg = kconfig.from_dict(EnsembleConfig, doc.get("config", {}), f"{path}: config")
         models, kinds = [], []
         for i, m in enumerate(cfg.members):
@@ -646,7 +641,9 @@ def _parse_member(text: str) -> tuple[str, float]:
         return text, 1.0
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
+    from kit.errors import one_line
+
     parser = argparse.ArgumentParser(
         prog="python -m kit.ensemble", description="Write an ensemble model folder.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -659,11 +656,18 @@ def main(argv=None) -> int:
     try:
         members = [_parse_member(m) for m in args.member]
         out = make_ensemble(args.out, members, [t.strip() for t in args.tta.split(",") if t.strip()])
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
     print(f"wrote {out / 'model.json'}: {len(members)} member(s), TTA {args.tta}")
     return 0
+
+
+def main(argv=None) -> int:
+    """The command line: :func:`_main`, every input error one line, exit 2 (:func:`kit.errors.cli`)."""
+    from kit.errors import cli
+
+    return cli(_main, argv, input_error=2)
 
 
 if __name__ == "__main__":

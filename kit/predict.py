@@ -11,7 +11,6 @@ Image ids: ``--ids`` (a sample_submission.csv) or every ``*.png`` in ``--images`
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -20,21 +19,25 @@ import numpy as np
 
 
 def read_cell_types(path) -> dict[str, str]:
-    """``id -> cell_type`` from a CSV with ``id`` and ``cell_type`` columns."""
+    """``id -> cell_type`` from a CSV with ``id`` and ``cell_type`` columns (e.g. a train.csv,
+    whose id repeats on every row of an image: repeats must agree)."""
     from kit import CELL_TYPES
+    from kit.csvfile import at, read_csv
 
-    path = Path(path)
+    cols, rows = read_csv(path, ("id", "cell_type"))
     out: dict[str, str] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"id", "cell_type"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path} line 1: missing column(s) {sorted(missing)}")
-        for line, row in enumerate(reader, start=2):
-            if row["cell_type"] not in CELL_TYPES:
-                raise ValueError(f"{path} line {line}, field 'cell_type': unknown cell type "
-                                 f"{row['cell_type']!r}; valid: {list(CELL_TYPES)}")
-            out[row["id"]] = row["cell_type"]
+    first: dict[str, int] = {}
+    for line, row in rows:
+        id_, cell_type = row[cols["id"]].strip(), row[cols["cell_type"]].strip()
+        if not id_:
+            raise ValueError(f"{at(path, line, 'id')}: empty id")
+        if cell_type not in CELL_TYPES:
+            raise ValueError(f"{at(path, line, 'cell_type')}: unknown cell type {cell_type!r}; "
+                             f"valid: {list(CELL_TYPES)}")
+        if out.setdefault(id_, cell_type) != cell_type:
+            raise ValueError(f"{at(path, line, 'cell_type')}: {cell_type!r} for id {id_!r} "
+                             f"disagrees with {out[id_]!r} on line {first[id_]}")
+        first.setdefault(id_, line)
     return out
 
 
@@ -92,9 +95,11 @@ def run(model_dir: Path, images: Path, out: Path, ids_csv: Path | None = None,
 
     ``tuned``: a ``python -m kit.tune`` YAML applied on top of the folder's settings.
     """
+    from kit.atomic import check_writable
     from kit.models import load_model, model_type
     from kit.submission import validate_submission, write_submission
 
+    check_writable(out, "submission")  # before any work
     model = load_model(model_dir)
     if tuned is not None:
         from kit.tune import apply_tuned
@@ -112,7 +117,9 @@ def run(model_dir: Path, images: Path, out: Path, ids_csv: Path | None = None,
     return {"images": len(ids), "masks": sum(len(v) for v in checked.values()), "cell_types": types}
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
+    from kit.errors import one_line
+
     parser = argparse.ArgumentParser(prog="python -m kit.predict", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="model folder (holds model.json)")
@@ -129,11 +136,18 @@ def main(argv=None) -> int:
     try:
         report = run(args.model, args.images, args.out, args.ids, args.cell_types, not args.quiet,
                      args.tuned)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out}: {report['images']} images, {report['masks']} masks (validated)")
     return 0
+
+
+def main(argv=None) -> int:
+    """The command line: :func:`_main`, every input error one line, exit 2 (:func:`kit.errors.cli`)."""
+    from kit.errors import cli
+
+    return cli(_main, argv, input_error=2)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from kit import _rle_numba as _k
+from kit.errors import KitError
 
 __all__ = [
     "encode", "decode", "encode_labels", "decode_labels", "encode_stack", "decode_stack",
@@ -37,12 +38,14 @@ __all__ = [
 ]
 
 
-class RLEError(ValueError):
-    """A malformed RLE string. ``index`` is the position of the bad RLE in its list."""
+class RLEError(KitError):
+    """A malformed RLE string. ``index`` is the position of the bad RLE in its list and
+    ``detail`` the problem without that position (for callers that name the file line)."""
 
-    def __init__(self, message: str, index: int = 0):
+    def __init__(self, message: str, index: int = 0, detail: str | None = None):
         super().__init__(message)
         self.index = index
+        self.detail = message if detail is None else detail
 
 
 _ERROR_TEXT = {
@@ -70,9 +73,11 @@ def _as_text(rle, index: int) -> str:
     if rle is None or (isinstance(rle, float) and np.isnan(rle)):
         return ""  # pandas reads an empty `predicted` cell as NaN
     if not isinstance(rle, str):
-        raise RLEError(f"RLE #{index} must be a string, got {type(rle).__name__}", index)
+        detail = f"must be a string, got {type(rle).__name__}"
+        raise RLEError(f"RLE #{index} {detail}", index, detail)
     if "\n" in rle:
-        raise RLEError(f"RLE #{index} contains a newline", index)
+        detail = "contains a line break (an RLE is one line of numbers)"
+        raise RLEError(f"RLE #{index} {detail}", index, detail)
     return rle
 
 
@@ -98,7 +103,10 @@ def parse_runs(rles: Sequence[str], shape) -> tuple[np.ndarray, np.ndarray, np.n
     except UnicodeEncodeError:
         texts = text.split("\n")
         bad = next(i for i, t in enumerate(texts) if not t.isascii())
-        raise RLEError(f"RLE #{bad} has non-ASCII characters: {texts[bad][:40]!r}", bad) from None
+        char = next(c for c in texts[bad] if not c.isascii())
+        detail = (f"non-ASCII character {char!r} (U+{ord(char):04X}) in {texts[bad][:40]!r}: RLE "
+                  "numbers are written with the ASCII digits 0-9")
+        raise RLEError(f"RLE #{bad} has a {detail}", bad, detail) from None
     ptr, starts, lengths, err, line, tok = _k.parse_rle_bytes(
         np.frombuffer(blob, np.uint8), h * w)
     if err:
@@ -113,7 +121,7 @@ def _error(err: int, line: int, tok: int, text: str, n_pixels: int) -> RLEError:
         start, length = int(tokens[tok - 1]), int(tokens[tok])
         info.update(start=start, length=length, end=start + length - 1)
     msg = _ERROR_TEXT[err].format(**info)
-    return RLEError(f"RLE #{line}, token {tok}: {msg}", line)
+    return RLEError(f"RLE #{line}, token {tok}: {msg}", line, f"token {tok}: {msg}")
 
 
 def check_label_image(labels: np.ndarray, name: str = "labels") -> np.ndarray:

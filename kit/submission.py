@@ -19,13 +19,15 @@ import numpy as np
 
 from kit import IMAGE_SHAPE
 from kit.atomic import atomic_open
+from kit.csvfile import at, read_csv
+from kit.errors import KitError
 from kit import _rle_numba
 from kit import rle as _rle
 
 HEADER = ("id", "predicted")
 
 
-class SubmissionError(ValueError):
+class SubmissionError(KitError):
     """A bad submission file; the message names the file, the line and the problem."""
 
 
@@ -68,26 +70,23 @@ def read_predictions(path) -> dict[str, list[str]]:
 
 
 def read_prediction_rows(path) -> dict[str, list[tuple[int, str]]]:
-    """``id -> [(line number, RLE), ...]``; empty RLEs dropped; header is line 1."""
-    path = Path(path)
-    if not path.is_file():
-        raise SubmissionError(f"{path}: file not found")
+    """``id -> [(line number, RLE), ...]``; empty RLEs dropped; header is line 1.
+
+    The file is read by :func:`kit.csvfile.read_csv` (a BOM and blank lines are fine); its
+    header must be exactly ``id,predicted``, as Kaggle wants it.
+    """
+    cols, rows = read_csv(path, HEADER, error_type=SubmissionError)
+    if len(cols) != len(HEADER):
+        raise SubmissionError(f"{at(path, 1)} (header): must be exactly 'id,predicted', got "
+                              f"{list(cols)}")
     out: dict[str, list[tuple[int, str]]] = {}
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != list(HEADER) or len(header) != 2:
-            raise SubmissionError(f"{path} line 1: header must be 'id,predicted', got {header!r}")
-        for line, row in enumerate(reader, start=2):
-            if len(row) != 2:
-                raise SubmissionError(f"{path} line {line}: expected 2 fields (id, predicted), "
-                                      f"got {len(row)}: {row!r}")
-            image_id, rle = row[0].strip(), row[1].strip()
-            if not image_id:
-                raise SubmissionError(f"{path} line {line}, field 'id': empty id")
-            rows = out.setdefault(image_id, [])
-            if rle:
-                rows.append((line, rle))
+    for line, row in rows:
+        image_id, rle = row[cols["id"]].strip(), row[cols["predicted"]].strip()
+        if not image_id:
+            raise SubmissionError(f"{at(path, line, 'id')}: empty id")
+        id_rows = out.setdefault(image_id, [])
+        if rle:
+            id_rows.append((line, rle))
     return out
 
 
@@ -118,8 +117,7 @@ def validate_submission(path, ids: Iterable[str], shapes: Mapping[str, tuple] | 
             ptr, starts, lengths = _rle.parse_runs(rles, (h, w))
         except _rle.RLEError as e:
             line = id_rows[e.index][0]
-            problems.append(f"line {line} (id {image_id}), field 'predicted': "
-                            f"{str(e).split(': ', 1)[1]}")
+            problems.append(f"line {line} (id {image_id}), field 'predicted': {e.detail}")
             continue
         a, b, px = _rle_numba.first_overlap(ptr, starts, lengths, h * w)
         if a >= 0:
@@ -131,7 +129,7 @@ def validate_submission(path, ids: Iterable[str], shapes: Mapping[str, tuple] | 
     return {k: [r for _, r in v] for k, v in rows.items()}
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kit.submission", description="Validate a Kaggle submission.csv.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -155,6 +153,13 @@ def main(argv=None) -> int:
     n = sum(len(v) for v in preds.values())
     print(f"{args.submission}: valid ({len(preds)} images, {n} masks)")
     return 0
+
+
+def main(argv=None) -> int:
+    """The command line: :func:`_main`, every input error one line, exit 1 (:func:`kit.errors.cli`)."""
+    from kit.errors import cli
+
+    return cli(_main, argv, input_error=1)
 
 
 if __name__ == "__main__":

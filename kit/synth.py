@@ -572,7 +572,7 @@ def make_dataset(out_dir, n_train: int, n_test: int, seed: int, shape=IMAGE_SHAP
     return out
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kit.synth", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -595,6 +595,13 @@ def main(argv=None) -> int:
         return 2
     print(out)
     return 0
+
+
+def main(argv=None) -> int:
+    """The command line: :func:`_main`, every input error one line, exit 2 (:func:`kit.errors.cli`)."""
+    from kit.errors import cli
+
+    return cli(_main, argv, input_error=2)
 
 
 if __name__ == "__main__":

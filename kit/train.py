@@ -49,8 +49,6 @@ def _fit_cellpose(train_records, val_records, args, out: Path):
     config_path = args.config or DEFAULT_CONFIG
     config = load_config(config_path)
     if args.epochs is not None:
-        if args.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
         config = dataclasses.replace(config, train=dataclasses.replace(config.train,
                                                                        n_epochs=args.epochs))
     extra = []
@@ -62,6 +60,36 @@ def _fit_cellpose(train_records, val_records, args, out: Path):
     return fit(train_records, out, config, config_path=config_path, val_records=val_records,
                pretrain_records=extra, pretrained=args.pretrained, resume=args.resume,
                time_budget_s=budget, log=RunLog(out / "train.log"), progress=not args.quiet)
+
+
+# model name -> "module:function" reading (and so validating) its --config YAML (None: default)
+CONFIG_LOADERS = {
+    "maskrcnn": "kit.models.maskrcnn:load_config",
+    "cellpose": "kit.models.cellpose:load_config",
+}
+
+
+def check_inputs(args) -> None:
+    """Everything a run reads besides the data, checked before anything is written: the
+    config, the files named by options, the run folder's writability."""
+    import importlib
+
+    from kit.atomic import check_writable_dir
+
+    if args.epochs is not None and args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.model in CONFIG_LOADERS:
+        module, func = CONFIG_LOADERS[args.model].split(":")
+        getattr(importlib.import_module(module), func)(args.config)
+    elif args.config is not None:
+        raise ValueError(f"--config {args.config}: the {args.model} model takes no config")
+    if args.livecell is not None and args.livecell_images is None:
+        raise ValueError("--livecell needs --livecell-images (the folder of its images)")
+    for opt in ("pretrained", "livecell", "livecell_images", "folds"):
+        path = getattr(args, opt)
+        if path is not None and not path.exists():
+            raise FileNotFoundError(f"--{opt.replace('_', '-')} {path}: no such file or folder")
+    check_writable_dir(args.out, "run folder")
 
 
 # model name -> fit(train_records, val_records, args, out_dir) -> model (saved in out_dir)
@@ -84,9 +112,10 @@ class RunLog:
                                allow_nan=False) + "\n")
 
 
-def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed: int, out: Path):
-    """(train records, held-out records) of ``fold``; writes ``out/folds.csv``."""
-    from kit.data import make_folds, read_competition_dir, read_folds_csv, write_folds_csv
+def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed: int):
+    """(train records, held-out records, {id: fold} of every train image) of ``fold``; reads
+    only (the caller writes ``folds.csv`` once every input is known to be good)."""
+    from kit.data import make_folds, read_competition_dir, read_folds_csv
 
     records = read_competition_dir(data).train
     if folds_csv:
@@ -104,13 +133,12 @@ def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed
         raise ValueError(f"{folds_csv}: no fold for {len(missing)} train id(s), e.g. {missing[:3]}")
     if fold not in set(folds.values()):
         raise ValueError(f"--fold {fold}: folds are {sorted(set(folds.values()))}")
-    write_folds_csv({r.id: folds[r.id] for r in records}, out / "folds.csv")
     train = [r for r in records if folds[r.id] != fold]
     held_out = [r for r in records if folds[r.id] == fold]
     if not train or not held_out:
         raise ValueError(f"--fold {fold}: {len(train)} train and {len(held_out)} held-out images "
                          f"of {len(records)}; both sides need at least one")
-    return train, held_out
+    return train, held_out, {r.id: folds[r.id] for r in records}
 
 
 def fit_cell_type_classifier(train, held_out, out: Path) -> float:
@@ -146,7 +174,7 @@ def score_oof(model, held_out, out: Path, progress: bool = True):
     return summary
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kit.train", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("model", choices=sorted(TRAINERS), help="which model to train")
@@ -172,22 +200,37 @@ def main(argv=None) -> int:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
+    from kit.atomic import atomic_open
+    from kit.data import write_folds_csv
+    from kit.errors import one_line
+
+    # Everything is read and checked first: a bad input leaves nothing behind.
+    check_inputs(args)
+    train, held_out, folds = split_fold(args.data, args.fold, args.folds, args.n_folds, args.seed)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    (out / "params.json").write_text(json.dumps(params, indent=1) + "\n")
+    with atomic_open(out / "params.json") as f:
+        f.write(json.dumps(params, indent=1) + "\n")
+    write_folds_csv(folds, out / "folds.csv")
     log = RunLog(out / "train.log")
     try:
-        train, held_out = split_fold(args.data, args.fold, args.folds, args.n_folds, args.seed, out)
         log("split", n_train=len(train), n_held_out=len(held_out))
         acc = fit_cell_type_classifier(train, held_out, out)
         log("celltype", held_out_accuracy=acc)
         model = TRAINERS[args.model](train, held_out, args, out)
         summary = score_oof(model, held_out, out, progress=not args.quiet)
-    except (ValueError, FileNotFoundError) as e:
-        log("error", message=str(e))
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # an input found bad while running
+        log("error", message=one_line(e))
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # the training itself failed (e.g. it diverged)
+        log("failed", message=one_line(e))
+        print(f"error: training failed: {one_line(e)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        raise
     log("oof", map=summary.map, by_cell_type={k: v.map for k, v in summary.by_cell_type.items()})
     from kit.cv import format_table
 
@@ -196,6 +239,13 @@ def main(argv=None) -> int:
     print(format_table(summary))
     print(f"model folder: {out}  (oof.csv, oof_score.json, folds.csv, train.log)")
     return 0
+
+
+def main(argv=None) -> int:
+    """The command line: :func:`_main`, every input error one line, exit 2 (:func:`kit.errors.cli`)."""
+    from kit.errors import cli
+
+    return cli(_main, argv, input_error=2)
 
 
 if __name__ == "__main__":

@@ -301,7 +301,9 @@ def load_cache(cache_dir) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{cache_dir}: not a tuning cache (no {CACHE_FILE}); make one with "
                                 "python -m kit.tune cache")
-    meta = json.loads(path.read_text())
+    from kit.models import read_json_object
+
+    meta = read_json_object(path, "tuning cache index")
     if meta.get("format") != CACHE_FORMAT:
         raise ValueError(f"{path}: cache format {meta.get('format')!r}, expected {CACHE_FORMAT}")
     for key in ("model_type", "sources", "defaults", "images"):
@@ -693,6 +695,9 @@ def _cache_main(args) -> int:
         records = records[: args.max_images]
     if not records:
         raise ValueError(f"no train image of {args.data} is in fold {args.fold} of {folds_csv}")
+    from kit.atomic import check_writable_dir
+
+    check_writable_dir(args.out, "cache folder")
     out = build_cache(args.model, records, args.out, progress=not args.quiet)
     meta = load_cache(out)
     print(f"cached {len(meta['images'])} image(s) x {len(meta['sources'])} source(s) of "
@@ -701,6 +706,9 @@ def _cache_main(args) -> int:
 
 
 def _search_main(args) -> int:
+    from kit.atomic import check_writable
+
+    check_writable(args.out, "tuned YAML")
     result = search(args.cache, args.gt, args.model_type, args.n_jobs, args.rounds,
                     _parse_grid(args.grid), args.params, args.types,
                     log=(lambda *a: None) if args.quiet else print)
@@ -711,7 +719,9 @@ def _search_main(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
+    from kit.errors import one_line
+
     parser = argparse.ArgumentParser(prog="python -m kit.tune", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -742,9 +752,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return _cache_main(args) if args.command == "cache" else _search_main(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def main(argv=None) -> int:
+    """The command line: :func:`_main`, every input error one line, exit 2 (:func:`kit.errors.cli`)."""
+    from kit.errors import cli
+
+    return cli(_main, argv, input_error=2)
 
 
 if __name__ == "__main__":

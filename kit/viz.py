@@ -201,7 +201,7 @@ def _scores_csv(scores: Sequence[metric.ImageScore]) -> bytes:
     return buf.getvalue().encode()
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kit.viz", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     io_ = parser.add_argument_group("inputs and outputs")
@@ -277,6 +277,13 @@ def main(argv=None) -> int:
         print(f"wrote {args.out / f'worst_{worst}.png'} ({len(worst_ids)} image(s))")
     print(f"wrote {args.out / 'scores.csv'} ({len(scores)} image(s) scored)")
     return 0
+
+
+def main(argv=None) -> int:
+    """The command line: :func:`_main`, every input error one line, exit 2 (:func:`kit.errors.cli`)."""
+    from kit.errors import cli
+
+    return cli(_main, argv, input_error=2)
 
 
 if __name__ == "__main__":

@@ -80,23 +80,23 @@ def test_verification_catches_changed_and_missing_files(built, tmp_path):
 
     done = subprocess.run([sys.executable, str(copy / "install.py"), "--bundle", str(copy)],
                           capture_output=True, text=True)
-    assert done.returncode == 1 and wheel.name in done.stderr
+    assert done.returncode == 2 and wheel.name in done.stderr
 
 
 def test_refusals(model_dir, wheel_cache, tmp_path):
     out = tmp_path / "b"
     done = build_cli("--weights", tmp_path / "nope", "--out", out, "--wheel-cache", wheel_cache, "--offline")
-    assert done.returncode == 1 and "nope: no such model folder" in done.stderr
+    assert done.returncode == 2 and "nope: no such model folder" in done.stderr
     odd = tmp_path / "odd"
     odd.mkdir()
     (odd / "model.json").write_text('{"type": "yolo"}')
     done = build_cli("--weights", odd, "--out", out, "--wheel-cache", wheel_cache, "--offline")
-    assert done.returncode == 1 and "unknown model type 'yolo'" in done.stderr
+    assert done.returncode == 2 and "unknown model type 'yolo'" in done.stderr
     done = build_cli("--weights", model_dir, "--out", out, "--wheel-cache", tmp_path / "empty-cache", "--offline")
-    assert done.returncode == 1 and "no wheel for cellpose==3.1.1.3" in done.stderr
+    assert done.returncode == 2 and "no wheel for cellpose==3.1.1.3" in done.stderr
     done = build_cli("--weights", model_dir, "--out", out, "--title", "abc", "--wheel-cache", wheel_cache,
                      "--offline")
-    assert done.returncode == 1 and "6 to 50 characters" in done.stderr
+    assert done.returncode == 2 and "6 to 50 characters" in done.stderr
     assert not out.exists()
 
 
@@ -109,5 +109,5 @@ def test_upload_without_credentials_stops_before_building(model_dir, tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "build_bundle.py"), "--weights", str(model_dir),
                            "--out", str(tmp_path / "b"), "--upload"],
                           capture_output=True, text=True, cwd=REPO, env=env)
-    assert done.returncode == 1 and "needs Kaggle credentials" in done.stderr
+    assert done.returncode == 2 and "needs Kaggle credentials" in done.stderr
     assert not (tmp_path / "b").exists()

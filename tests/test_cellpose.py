@@ -404,10 +404,10 @@ def test_cli_errors_are_clear(small_comp, tmp_path):
     bad.write_text("size_model:\n  epochs: 3\n")
     done = run_module("kit.train", "cellpose", "--data", small_comp, "--n-folds", 3,
                       "--out", tmp_path / "o1", "--config", bad, "--quiet")
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "size_model: unknown key(s) ['epochs']; valid keys are ['enabled', 'n_epochs'" in done.stderr
     done = run_module("kit.train", "cellpose", "--data", small_comp, "--n-folds", 3,
                       "--out", tmp_path / "o2", "--config", SMOKE, "--pretrained",
                       tmp_path / "livecell_cp3", "--quiet")
-    assert done.returncode == 1 and "pretrained weights file not found" in done.stderr
+    assert done.returncode == 2 and "pretrained weights file not found" in done.stderr
     assert "Downloading" not in done.stderr

@@ -271,7 +271,7 @@ def test_resume_without_checkpoint_is_an_error(synth_dir, tiny_cfg, tmp_path, ca
     from kit.train import main
 
     assert main(["maskrcnn", "--data", str(synth_dir), "--fold", "0", "--n-folds", "2", "--config",
-                 str(tiny_cfg), "--out", str(tmp_path / "x"), "--resume", "--quiet"]) == 1
+                 str(tiny_cfg), "--out", str(tmp_path / "x"), "--resume", "--quiet"]) == 2
     assert "--resume: no checkpoint" in capsys.readouterr().err
 
 

@@ -42,13 +42,14 @@ def test_failed_write_keeps_old_file(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("image,predicted\na,\n", "line 1: header must be 'id,predicted'"),
-    ("id,predicted\na,1 2 3\n", r"line 2 \(id a\), field 'predicted': odd number of tokens"),
+    ("image,predicted\na,\n", r"line 1 \(header\): missing column\(s\) \['id'\]"),
+    ("id,predicted,score\na,,1\n", r"line 1 \(header\): must be exactly 'id,predicted'"),
+    ("id,predicted\na,1 2 3\n", r"line 2 \(id a\), field 'predicted': token 3: odd number of tokens"),
     ("id,predicted\na,1 1\na,48 2\n", r"line 3 \(id a\), field 'predicted': .*past the image end"),
     ("id,predicted\nb,\n", r"1 test id\(s\) have no row: \['a'\]"),
     ("id,predicted\na,\nq,\n", r"not test ids: \['q'\]"),
     ("id,predicted\na,1 5\na,2 2\n", r"id a: masks on lines 2 and 3 overlap \(e.g. at row 0, col 1\)"),
-    ("id,predicted\na,1 1,extra\n", "line 2: expected 2 fields"),
+    ("id,predicted\na,1 1,extra\n", "line 2: 3 fields, the header has 2"),
 ])
 def test_validation_errors(tmp_path, text, message):
     path = write(tmp_path / "sub.csv", text)

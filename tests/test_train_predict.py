@@ -38,11 +38,11 @@ def test_predict_writes_valid_submission(baseline_run, synth_dir, tmp_path):
 def test_predict_errors(baseline_run, synth_dir, tmp_path):
     done = run_module("kit.predict", "--model", tmp_path, "--images", synth_dir / "test",
                       "--out", tmp_path / "s.csv")
-    assert done.returncode == 1 and "no model.json" in done.stderr
+    assert done.returncode == 2 and "no model.json" in done.stderr
     (tmp_path / "model.json").write_text('{"type": "unet9000"}')
     done = run_module("kit.predict", "--model", tmp_path, "--images", synth_dir / "test",
                       "--out", tmp_path / "s.csv")
-    assert done.returncode == 1 and "unknown model type 'unet9000'" in done.stderr
+    assert done.returncode == 2 and "unknown model type 'unet9000'" in done.stderr
     assert "baseline" in done.stderr
     # a model folder without a classifier needs --cell-types
     out, _ = baseline_run
@@ -51,7 +51,7 @@ def test_predict_errors(baseline_run, synth_dir, tmp_path):
     (bare / "model.json").write_text((out / "model.json").read_text())
     done = run_module("kit.predict", "--model", bare, "--images", synth_dir / "test",
                       "--out", tmp_path / "s.csv")
-    assert done.returncode == 1 and "pass --cell-types" in done.stderr
+    assert done.returncode == 2 and "pass --cell-types" in done.stderr
     assert not (tmp_path / "s.csv").exists()
     done = run_module("kit.predict", "--model", bare, "--images", synth_dir / "test", "--cell-types",
                       synth_dir / "test_labels.csv", "--out", tmp_path / "s.csv", "--quiet")

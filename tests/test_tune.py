@@ -168,7 +168,7 @@ def test_cli_search_needs_only_the_cache_and_writes_a_loadable_yaml(maskrcnn_cac
         read_tuned(bad)
     # errors are clear
     done = run_module("kit.tune", "search", "--cache", tmp_path, "--gt", gt, "--out", out)
-    assert done.returncode == 1 and "not a tuning cache" in done.stderr
+    assert done.returncode == 2 and "not a tuning cache" in done.stderr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import importlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
+
+from kit.errors import KitError, ModelError, one_line
 
 # type name -> "module:class"; the class has classmethod load(folder).
 MODEL_TYPES = {
@@ -23,17 +26,39 @@ MODEL_TYPES = {
 TUNED_FILE = "tuned.yaml"
 
 
+@contextmanager
+def model_file(path, what: str = "model file"):
+    """Guard the loading of one file of a model: whatever goes wrong inside (a missing,
+    truncated or foreign file, a key or shape that does not fit) leaves as ONE
+    :class:`ModelError` naming the file, never as a traceback from pickle, torch or joblib.
+    The kit's own errors and FileNotFoundError (they name their file already) pass as they are."""
+    try:
+        yield
+    except (KitError, FileNotFoundError):  # already say which file and what is wrong
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure to load the file is the file's fault
+        raise ModelError(f"{path}: cannot load this {what} ({type(e).__name__}: "
+                         f"{one_line(e)[:300]})") from None
+
+
+def read_json_object(path, what: str = "JSON file") -> dict:
+    """The JSON object in ``path``; :class:`ModelError` naming the file when it is missing,
+    truncated or not an object."""
+    with model_file(path, what):
+        doc = json.loads(Path(path).read_text())
+    if not isinstance(doc, dict):
+        raise ModelError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
 def model_type(folder) -> str:
     """The ``type`` of the model folder, with clear errors for a missing/unknown one."""
     path = Path(folder) / "model.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{folder}: not a model folder (no model.json)")
-    try:
-        kind = json.loads(path.read_text()).get("type")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise ValueError(f"{path}: not a JSON object ({e})") from None
+        raise ModelError(f"{folder}: not a model folder (no model.json)")
+    kind = read_json_object(path, "model.json").get("type")
     if kind not in MODEL_TYPES:
-        raise ValueError(f"{path}: unknown model type {kind!r}; known types: {sorted(MODEL_TYPES)}")
+        raise ModelError(f"{path}: unknown model type {kind!r}; known types: {sorted(MODEL_TYPES)}")
     return kind
 
 
@@ -41,10 +66,11 @@ def read_model_json(folder, expected_type: str) -> tuple[Path, dict]:
     """(path, document) of ``folder/model.json``, checked to hold a model of ``expected_type``."""
     path = Path(folder) / "model.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no model.json in {str(folder)!r}")
-    doc = json.loads(path.read_text())
+        raise ModelError(f"no model.json in {str(folder)!r}")
+    doc = read_json_object(path, "model.json")
     if doc.get("type") != expected_type:
-        raise ValueError(f"{path} holds a model of type {doc.get('type')!r}, expected {expected_type!r}")
+        raise ModelError(f"{path} holds a model of type {doc.get('type')!r}, expected "
+                         f"{expected_type!r}")
     return path, doc
 
 
@@ -65,7 +91,8 @@ def load_model(folder, tuned: bool = True):
     ``folder/tuned.yaml`` when it exists (:func:`kit.tune.apply_tuned`)."""
     kind = model_type(folder)
     module, cls = MODEL_TYPES[kind].split(":")
-    model = getattr(importlib.import_module(module), cls).load(folder)
+    with model_file(Path(folder) / "model.json", f"{kind} model folder"):
+        model = getattr(importlib.import_module(module), cls).load(folder)
     if tuned and (Path(folder) / TUNED_FILE).is_file():
         from kit.tune import apply_tuned
 

@@ -857,7 +857,10 @@ class CellposeSegmenter:
             if not size_file.is_file():
                 raise FileNotFoundError(f"{folder}: size model file {size_file.name} is missing")
             # cellpose's format: a pickled dict {A, smean, ymean, diam_mean} in a .npy
-            size_params = np.load(size_file, allow_pickle=True).item()
+            from kit.models import model_file
+
+            with model_file(size_file, "size model file"):
+                size_params = np.load(size_file, allow_pickle=True).item()
         return cls(cp, cfg, doc["diameters"], size_params, folder)
 
     # -- diameter ---------------------------------------------------------------------------

@@ -422,11 +422,14 @@ def read_weights_file(path) -> tuple[dict, str, dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
-    if path.suffix == ".pkl":
-        with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
-    else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    from kit.models import model_file
+
+    with model_file(path, "weights file"):
+        if path.suffix == ".pkl":
+            with open(path, "rb") as f:
+                obj = pickle.load(f, encoding="latin1")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     meta = {}
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         meta = {k: v for k, v in obj.items() if k in ("classes", "config", "stage")}
@@ -623,7 +626,10 @@ class MaskRCNNModel:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         net = build_network(cfg.model)
-        sd = torch.load(weights, map_location="cpu", weights_only=True)
-        net.load_state_dict(sd["model"] if "model" in sd else sd)
+        from kit.models import model_file
+
+        with model_file(weights, "Mask R-CNN weights file"):
+            sd = torch.load(weights, map_location="cpu", weights_only=True)
+            net.load_state_dict(sd["model"] if "model" in sd else sd)
         extra = {k: v for k, v in doc.items() if k not in ("type", "weights", "config")}
         return cls(cfg, net, device, extra)
