@@ -14,6 +14,9 @@ competition directory made by :mod:`kit.synth` (no download, no real data needed
 6. ``kit.cv``         -> the submission scored against the synthetic test labels
 
 Each step's exit status is checked; the first failure stops the demo with its code.
+Run again on the same ``--out``: the synthetic data and the Kaggle-like venv are reused, every
+model is trained again from scratch (``kit.train --fresh``), and every later output is
+replaced; ``--fresh`` here deletes ``--out`` first.
 """
 from __future__ import annotations
 
@@ -84,7 +87,8 @@ def _main(argv=None) -> int:
         extra = [] if model == "baseline" else [
             "--config", str(REPO / "kit" / "configs" / CPU_CONFIGS[model]), "--time-budget", str(args.budget)]
         _step(f"train {model} (fold 0 held out) and score out of fold", "kit.train", model,
-              "--data", str(data), "--fold", "0", "--n-folds", "4", "--out", str(folder), *extra, "--quiet")
+              "--data", str(data), "--fold", "0", "--n-folds", "4", "--out", str(folder), *extra,
+              "--fresh", "--quiet")
         _step(f"kit.cv on {model}'s out-of-fold predictions", "kit.cv", "--gt", str(data / "train.csv"),
               "--pred", str(folder / "oof.csv"), "--folds", str(folder / "folds.csv"), "--fold", "0",
               "--json", str(out / f"cv_{model}_oof.json"), "--quiet")

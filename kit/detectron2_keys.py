@@ -4,7 +4,7 @@
 [--pixel-std B G R] [--no-stride-in-1x1]`` writes a kit model folder (``kit.predict`` reads
 it; ``kit.train maskrcnn --pretrained MODEL_DIR/model.pt`` fine-tunes it).
 
-The key map (detectron2 0.6 names, see ../shared/fixtures/...state_dict_shapes.json)::
+The key map (detectron2 0.6 names, see tests/fixtures/...state_dict_shapes.json)::
 
     backbone.bottom_up.stem.conv1.weight           -> backbone.body.conv1.weight  (input channels BGR->RGB)
     backbone.bottom_up.stem.conv1.norm.*           -> backbone.body.bn1.*

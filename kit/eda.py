@@ -20,8 +20,8 @@ Definitions (per mask; ``area`` = its pixel count, masks may overlap)
                masks (a ring drawn instead of the cell) are the known case, but real astro GT
                has small holes in most masks too, so holes of >= ``LARGE_HOLE`` (100) px are
                counted apart and image ids are listed largest hole first.
-    fragment   area < ``min_area`` (default 30: the smallest real train mask is 30 px,
-               shared/NOTES.md), or more than one 8-connected component.
+    fragment   area < ``min_area`` (default 30: the smallest mask of the competition's train.csv
+               is 30 px, a shsy5y cell), or more than one 8-connected component.
     overlap    two masks of one image sharing pixels; *heavy* when intersection / area of the
                smaller mask > 0.5. Computed from the masks' pixel lists (sorted once per image),
                not from N^2 full-image operations.
@@ -51,10 +51,10 @@ __all__ = [
     "format_report", "clean_rows", "write_clean_csv", "write_outputs", "write_atomic", "main",
 ]
 
-DEFAULT_MIN_AREA = 30  # smallest real train mask is 30 px (shsy5y, shared/NOTES.md)
+DEFAULT_MIN_AREA = 30  # smallest mask of the competition's train.csv: 30 px (shsy5y)
 HEAVY_OVERLAP = 0.5  # intersection / smaller area strictly above this is a heavy overlap
-# Real astro GT has small holes in most masks (median hole 19 px); the hollow-astro images of
-# shared/NOTES.md have holes of 400-700 px. Holes of at least this many px count as "large".
+# Real astro GT has small holes in most masks (median hole 19 px); the known hollow-astro images
+# (e.g. 3bcc8ba1dc17, 174793807517, 13325f865bb0, 182c3da676bd) have holes of 400-700 px. Holes of at least this many px count as "large".
 LARGE_HOLE = 100
 UNKNOWN = "unknown"  # cell-type key of records with cell_type None
 _EIGHT = np.ones((3, 3), bool)  # 8-connectivity for the components of a mask

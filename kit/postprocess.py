@@ -6,7 +6,7 @@ It never builds an ``N x H x W`` full-resolution tensor: detections are filtered
 only the survivors' masks are pasted, one box-sized window at a time, straight into the label
 image.
 
-Recipe (the seed's, see ../shared/NOTES.md), :func:`postprocess`:
+Recipe (the seed's: the reference Mask R-CNN notebook of the competition), :func:`postprocess`:
 
 1. **Cell type**: the caller's, or (``cell_type=None``) the majority vote of the instance
    classes (:func:`vote_cell_type`: ``np.bincount``; ties go to the class listed first;
@@ -32,7 +32,7 @@ Output: ``(H, W)`` int32, 0 = background, labels ``1..n`` in painting (score) or
 Box convention: ``(x0, y0, x1, y1)`` in continuous pixel coordinates of the ORIGINAL image,
 pixel ``(r, c)`` covering ``[c, c + 1) x [r, r + 1)`` (torchvision / detectron2 boxes).
 
-Defaults (:data:`DEFAULT_CONFIG`) are the seed's tuned values (NOTES): shsy5y score .15 /
+Defaults (:data:`DEFAULT_CONFIG`) are the seed's tuned values: shsy5y score .15 /
 NMS .25 / pixel .5 / area 80-600; astro .40 / .40 / .45 / 150-10000; cort .55 / .70 / .45 /
 77-470.
 """
@@ -78,7 +78,7 @@ class PostprocessConfig:
     nms_mode: Literal["box", "mask"] = "box"
     fill_holes: bool = True
     vote_min_score: float = 0.0  # detections below this score do not vote for the cell type
-    # The seed's tuned values (../shared/NOTES.md, "The seed's tuned post-processing").
+    # The seed's tuned values (its per-class score / NMS IoU / pixel / min-max area table).
     shsy5y: TypeParams = TypeParams(score=0.15, nms=0.25, pixel=0.5, min_area=80, max_area=600)
     astro: TypeParams = TypeParams(score=0.40, nms=0.40, pixel=0.45, min_area=150, max_area=10000)
     cort: TypeParams = TypeParams(score=0.55, nms=0.70, pixel=0.45, min_area=77, max_area=470)

@@ -46,7 +46,7 @@ from kit import rle
 
 __all__ = ["CellTypeSpec", "SPECS", "SynthImage", "make_image", "make_dataset", "main"]
 
-# --- Statistics of the real data: competition EDA, shared/NOTES.md "The competition, as it was".
+# --- Statistics of the real data: EDA of the competition's train.csv (606 images, 73,585 masks).
 # 606 train images: cort 320, shsy5y 155, astro 131.
 TYPE_COUNTS_EDA = {"cort": 320, "shsy5y": 155, "astro": 131}
 # Cells per 520x704 image: (mean, sd, min, max).
@@ -58,7 +58,7 @@ AREA_EDA = {"cort": (240.0, 33, 2054), "shsy5y": (225.0, 30, 2254), "astro": (90
 COLUMNS = ("id", "annotation", "width", "height", "cell_type", "plate_time", "sample_date",
            "sample_id", "elapsed_timedelta")
 # Share of an astro image set that has hollow masks, and share of cells hollow in such an image
-# (chosen: the real artifact is rare; NOTES.md lists a handful of image ids).
+# (chosen: the real artifact is rare, a handful of astro images, e.g. 3bcc8ba1dc17).
 HOLLOW_IMAGE_FRACTION = 0.25
 HOLLOW_CELL_FRACTION = 0.05
 # Coefficient of variation of the cell count among the images of one sample (chosen).
@@ -105,7 +105,7 @@ def _spec(ct: str, **kw) -> CellTypeSpec:
 
 
 # Counts and areas from the EDA above; shape and look chosen by eye against the real images in
-# shared/data; area_scale calibrated so the measured mean area over 60 full-size images matches.
+# ../shared/data (when present); area_scale calibrated so the measured mean area over 60 full-size images matches.
 SPECS: dict[str, CellTypeSpec] = {
     "cort": _spec("cort", area_sigma=0.45, area_scale=0.93, elongation=(1.0, 1.7), roughness=0.06,
                   cluster_prob=0.25, max_clip=0.3, gt_overlap_prob=0.15, body_offset=-6.0,

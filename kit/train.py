@@ -69,9 +69,33 @@ CONFIG_LOADERS = {
 }
 
 
+# What marks a folder as holding an earlier kit.train run (params.json is written first).
+RUN_MARKERS = ("params.json", "train.log", "model.json", "checkpoint.pt", "checkpoints")
+
+
+def earlier_run(out: Path) -> list[str]:
+    """The run markers present in ``out`` (empty: no earlier run there)."""
+    return [m for m in RUN_MARKERS if (out / m).exists()] if out.is_dir() else []
+
+
+def check_run_folder(out: Path, resume: bool, fresh: bool) -> None:
+    """One rule for every model: a folder that holds an earlier run is continued only with
+    ``--resume``, replaced only with ``--fresh``, and otherwise left alone with an error."""
+    if resume and fresh:
+        raise ValueError("--resume and --fresh contradict each other: continue the earlier run, "
+                         "or start over")
+    found = earlier_run(out)
+    if found and not (resume or fresh):
+        raise ValueError(f"{out} holds an earlier run ({', '.join(found)}): pass --resume to "
+                         "continue it, or --fresh to delete it and start over")
+    if fresh and found and not (out / "params.json").is_file():
+        raise ValueError(f"{out} holds model files ({', '.join(found)}) but no params.json: not a "
+                         "folder kit.train made, so --fresh will not delete it; choose another --out")
+
+
 def check_inputs(args) -> None:
     """Everything a run reads besides the data, checked before anything is written: the
-    config, the files named by options, the run folder's writability."""
+    config, the files named by options, the run folder (its earlier run, its writability)."""
     import importlib
 
     from kit.atomic import check_writable_dir
@@ -89,6 +113,7 @@ def check_inputs(args) -> None:
         path = getattr(args, opt)
         if path is not None and not path.exists():
             raise FileNotFoundError(f"--{opt.replace('_', '-')} {path}: no such file or folder")
+    check_run_folder(args.out, args.resume, args.fresh)
     check_writable_dir(args.out, "run folder")
 
 
@@ -193,6 +218,8 @@ def _main(argv=None) -> int:
     run.add_argument("--pretrained", type=Path, default=None,
                      help="initial weights file (trained models; never downloaded)")
     run.add_argument("--resume", action="store_true", help="continue from --out's last checkpoint")
+    run.add_argument("--fresh", action="store_true",
+                     help="delete the earlier run in --out (a folder kit.train made) and start over")
     run.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     run.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                      help="stop training after this many minutes, then save and score the model "
@@ -208,6 +235,10 @@ def _main(argv=None) -> int:
     check_inputs(args)
     train, held_out, folds = split_fold(args.data, args.fold, args.folds, args.n_folds, args.seed)
     out = args.out
+    if args.fresh and earlier_run(out):
+        import shutil
+
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     with atomic_open(out / "params.json") as f:

@@ -18,12 +18,11 @@ import torch.nn.functional as F
 
 from kit import detectron2_keys as d2k
 
-FIXTURE = (Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-           / "detectron2_mask_rcnn_R_50_FPN_3x_state_dict_shapes.json")
+FIXTURE = (Path(__file__).resolve().parent / "fixtures"
+           / "detectron2_mask_rcnn_R_50_FPN_3x_state_dict_shapes.json")  # see fixtures/README.md
 K = 3
 
-pytestmark = [pytest.mark.skipif(not FIXTURE.is_file(), reason=f"fixture {FIXTURE} not present"),
-              pytest.mark.usefixtures("torch_one_thread")]
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def d2_random_state_dict(seed=0):

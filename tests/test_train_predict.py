@@ -112,3 +112,27 @@ def test_train_on_a_real_training_only_directory(real_train_only_dir, tmp_path):
     assert "warning" not in done.stderr
     folds = dict(line.split(",") for line in (out2 / "folds.csv").read_text().split()[1:])
     assert set(folds) == {r.id for r in recs}
+
+
+def test_an_earlier_run_is_continued_or_replaced_only_when_asked(synth_dir, tmp_path):
+    out = tmp_path / "run"
+    common = ["kit.train", "baseline", "--data", synth_dir, "--fold", 0, "--n-folds", 3,
+              "--out", out, "--quiet"]
+    assert run_module(*common).returncode == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    done = run_module(*common)
+    assert done.returncode == 2 and "holds an earlier run" in done.stderr
+    assert "--resume" in done.stderr and "--fresh" in done.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # left alone
+    done = run_module(*common, "--resume", "--fresh")
+    assert done.returncode == 2 and "contradict" in done.stderr
+    (out / "stale.txt").write_text("from the earlier run")
+    done = run_module(*common, "--fresh")
+    assert done.returncode == 0, done.stderr
+    assert not (out / "stale.txt").exists() and (out / "oof_score.json").is_file()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "model.json").write_text("{}")
+    done = run_module(*common[:-3], "--out", foreign, "--fresh", "--quiet")
+    assert done.returncode == 2 and "no params.json" in done.stderr
+    assert (foreign / "model.json").is_file()

@@ -55,7 +55,7 @@ def model_type(folder) -> str:
     """The ``type`` of the model folder, with clear errors for a missing/unknown one."""
     path = Path(folder) / "model.json"
     if not path.is_file():
-        raise ModelError(f"{folder}: not a model folder (no model.json)")
+        raise FileNotFoundError(f"{folder}: not a model folder (no model.json)")
     kind = read_json_object(path, "model.json").get("type")
     if kind not in MODEL_TYPES:
         raise ModelError(f"{path}: unknown model type {kind!r}; known types: {sorted(MODEL_TYPES)}")
@@ -66,7 +66,7 @@ def read_model_json(folder, expected_type: str) -> tuple[Path, dict]:
     """(path, document) of ``folder/model.json``, checked to hold a model of ``expected_type``."""
     path = Path(folder) / "model.json"
     if not path.is_file():
-        raise ModelError(f"no model.json in {str(folder)!r}")
+        raise FileNotFoundError(f"no model.json in {str(folder)!r}")
     doc = read_json_object(path, "model.json")
     if doc.get("type") != expected_type:
         raise ModelError(f"{path} holds a model of type {doc.get('type')!r}, expected "

@@ -5,7 +5,7 @@ defaults and where each number came from in ``kit/configs/maskrcnn.yaml``) build
 (:func:`build_network`): torchvision's ``MaskRCNN`` with
 
 * a ResNet-{18,34,50,101} FPN backbone, norm ``bn`` (trainable, for random init: frozen BN can
-  diverge to NaN from scratch, see NOTES), ``gn`` or ``frozen_bn`` (for pretrained weights),
+  diverge to NaN from scratch: seen here in the first steps of random-init training), ``gn`` or ``frozen_bn`` (for pretrained weights),
   and ``stride_in_1x1`` (detectron2's MSRA ResNets put the stride of a stage's first block in
   the 1x1 conv, torchvision's in the 3x3 conv: same weight shapes, different function);
 * anchors ``anchor_sizes`` (one size per FPN level P2-P6) x ``aspect_ratios``;
