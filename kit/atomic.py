@@ -113,6 +113,15 @@ def _remove_uninterrupted(tmp: str) -> None:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def atomic_torch_save(obj, path) -> None:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_open` (a checkpoint is whole or
+    absent, never half-written)."""
+    import torch
+
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+
+
 @contextmanager
 def atomic_open(path, mode: str = "w", **kwargs):
     """``with atomic_open(path, "w", newline="") as f: ...`` — see the module docstring."""

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kit import IMAGE_SHAPE
+from kit import IMAGE_SHAPE, package_versions
 
 # Competition train statistics (EDA of its train.csv: 606 images, 73,585 masks): images per type,
 # cells per image mean / sd / min / max, mask area mean / min / max in pixels. The aspect range
@@ -661,7 +661,8 @@ def run_bench(n_images: int = 200, seed: int = 0, repeat: int = 3, cellpose_imag
             "python": platform.python_version(), "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "threads": threads,
             "loadavg_start": list(load_start), "loadavg_end": list(os.getloadavg()),
-            "versions": _versions(),
+            "versions": package_versions(("numpy", "numba", "cellpose", "pycocotools",
+                                             "opencv-python-headless")),
         },
         "dataset": {"cell_types": counts, "gt_instances": int(n_gt.sum()),
                     "pred_instances": int(n_pred.sum()),
@@ -727,18 +728,6 @@ def _iter(seq, desc, progress):
         for x in seq:
             yield x
             bar.update()
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("numpy", "numba", "cellpose", "pycocotools", "opencv-python-headless"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def report_lines(res: dict) -> list[str]:

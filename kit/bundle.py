@@ -165,8 +165,12 @@ def kaggle_credentials() -> bool:
     return (config_dir / "kaggle.json").is_file()
 
 
+# Training state stays out of the bundle: inference reads model.json and the weights only.
+TRAINING_STATE = ("__pycache__", "*.tmp", "checkpoints", "checkpoint.pt")
+
+
 def _copy_model(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.tmp", "checkpoints"))
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*TRAINING_STATE))
 
 
 def build(weights: list[Path], out: Path, slug: str, title: str, cache: Path,

@@ -28,22 +28,18 @@ import time
 from pathlib import Path
 
 
-def _step(title: str, *args: str) -> None:
-    print(f"\n=== {title}\n$ python -m {' '.join(args)}", flush=True)
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", *args])
-    if done.returncode != 0:
-        print(f"demo: step '{title}' failed with exit code {done.returncode}", file=sys.stderr)
-        raise SystemExit(done.returncode)
-    print(f"--- {title}: {time.perf_counter() - start:.1f} s", flush=True)
-
-
 REPO = Path(__file__).resolve().parents[1]
 CPU_CONFIGS = {"cellpose": "cellpose_cpu.yaml", "maskrcnn": "maskrcnn_cpu_demo.yaml"}
 
 
-def _run(title: str, cmd: list[str], env=None) -> None:
-    print(f"\n=== {title}\n$ {' '.join(map(str, cmd))}", flush=True)
+def _step(title: str, *args: str) -> None:
+    """``python -m <args>`` as a demo step (see :func:`_run`)."""
+    _run(title, [sys.executable, "-m", *args], shown=f"python -m {' '.join(args)}")
+
+
+def _run(title: str, cmd: list[str], env=None, shown: str | None = None) -> None:
+    """Run one demo step, print its command and time; a failure ends the demo with its code."""
+    print(f"\n=== {title}\n$ {shown or ' '.join(map(str, cmd))}", flush=True)
     start = time.perf_counter()
     done = subprocess.run(list(map(str, cmd)), env=env)
     if done.returncode != 0:

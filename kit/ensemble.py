@@ -49,7 +49,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from kit import CELL_TYPES
+from kit import CELL_TYPES, check_cell_type
 from kit.atomic import atomic_open
 from kit.postprocess import Detections, PostprocessConfig
 
@@ -453,8 +453,7 @@ class EnsembleConfig:
                 raise ValueError(f"{ct}.weights has {len(w)} values for {len(self.members)} members")
 
     def params(self, cell_type: str) -> EnsembleTypeParams:
-        if cell_type not in CELL_TYPES:
-            raise ValueError(f"unknown cell_type {cell_type!r}; valid types are {list(CELL_TYPES)}")
+        check_cell_type(cell_type)
         return getattr(self, cell_type)
 
     def member_weights(self, cell_type: str) -> tuple[float, ...]:
@@ -574,8 +573,8 @@ class EnsembleModel:
 
     def predict(self, image: np.ndarray, cell_type: str | None = None) -> np.ndarray:
         """(H, W) int32 label image: the fusion of every member on every TTA view."""
-        if cell_type is not None and cell_type not in CELL_TYPES:
-            raise ValueError(f"unknown cell_type {cell_type!r}; valid types are {list(CELL_TYPES)}")
+        if cell_type is not None:
+            check_cell_type(cell_type)
         image = np.asarray(image)
         if image.ndim != 2:
             raise ValueError(f"image must be 2-D (H, W), got shape {image.shape}")

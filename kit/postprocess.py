@@ -45,7 +45,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from kit import CELL_TYPES
+from kit import CELL_TYPES, check_cell_type
 
 __all__ = ["TypeParams", "PostprocessConfig", "DEFAULT_CONFIG", "Detections", "vote_cell_type",
            "select", "paint", "postprocess", "paste_window"]
@@ -88,8 +88,7 @@ class PostprocessConfig:
             raise ValueError(f"vote_min_score must be in [0, 1], got {self.vote_min_score!r}")
 
     def params(self, cell_type: str) -> TypeParams:
-        if cell_type not in CELL_TYPES:
-            raise ValueError(f"unknown cell_type {cell_type!r}; valid types are {list(CELL_TYPES)}")
+        check_cell_type(cell_type)
         return getattr(self, cell_type)
 
     def with_params(self, cell_type: str, **changes) -> "PostprocessConfig":
@@ -146,12 +145,15 @@ class Detections:
 
     def save(self, path) -> Path:
         """Write a compressed ``.npz`` (for caching raw outputs while tuning)."""
+        from kit.atomic import atomic_open
+
         path = Path(path)
         masks = np.zeros((len(self), 0, 0), np.float16) if self.masks is None else self.masks.astype(np.float16)
-        np.savez_compressed(path, boxes=self.boxes, scores=self.scores, classes=self.classes,
-                            masks=masks, has_masks=self.masks is not None,
-                            image_shape=np.asarray(self.image_shape),
-                            class_names=np.asarray(self.class_names))
+        with atomic_open(path, "wb") as f:
+            np.savez_compressed(f, boxes=self.boxes, scores=self.scores, classes=self.classes,
+                                masks=masks, has_masks=self.masks is not None,
+                                image_shape=np.asarray(self.image_shape),
+                                class_names=np.asarray(self.class_names))
         return path
 
     @classmethod

@@ -187,9 +187,14 @@ def cellpose_labels(raw: dict, params: dict, max_size_fraction: float = 0.4) -> 
     return CellposeSegmenter.postprocess_raw(stub, raw, dict(params))
 
 
+def _save_npz(path: Path, **arrays) -> None:
+    """``np.savez_compressed`` through :func:`kit.atomic.atomic_open` (the name kept as given)."""
+    with atomic_open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
 def _save_cellpose_raw(raw: dict, path: Path) -> None:
-    arrays = {k: np.asarray(v) for k, v in raw.items()}
-    np.savez_compressed(path, **arrays)
+    _save_npz(path, **{k: np.asarray(v) for k, v in raw.items()})
 
 
 def _load_cellpose_raw(path: Path) -> dict:
@@ -206,7 +211,7 @@ def _load_cellpose_raw(path: Path) -> dict:
 
 
 def _save_labels(labels: np.ndarray, path: Path) -> None:
-    np.savez_compressed(path, labels=np.asarray(labels, np.int32))
+    _save_npz(path, labels=np.asarray(labels, np.int32))
 
 
 def _load_labels(path: Path) -> np.ndarray:
@@ -659,7 +664,8 @@ def write_outputs(out: Path, meta: dict, result: SearchResult, cache_dir, gt) ->
         lines += ["", f"{r.n_evaluations} candidate sets; trace (round, parameter, value, MAP, accepted):", ""]
         lines += [f"- {t[0] + 1} {t[1]}={t[2]}: {t[3]:.4f}{' *' if t[4] else ''}" for t in r.trace]
         lines.append("")
-    md.write_text("\n".join(lines))
+    with atomic_open(md) as f:
+        f.write("\n".join(lines))
     return out, md
 
 

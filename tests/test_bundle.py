@@ -111,3 +111,19 @@ def test_upload_without_credentials_stops_before_building(model_dir, tmp_path):
                           capture_output=True, text=True, cwd=REPO, env=env)
     assert done.returncode == 2 and "needs Kaggle credentials" in done.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_model_copy_leaves_training_state_behind(model_dir, tmp_path):
+    """The bundle ships what inference reads: no checkpoint (weights + optimiser) of a run."""
+    import shutil
+
+    from kit.bundle import _copy_model
+
+    src = tmp_path / "run"
+    shutil.copytree(model_dir, src)
+    (src / "checkpoint.pt").write_bytes(b"optimiser state")
+    (src / "checkpoints").mkdir()
+    (src / "checkpoints" / "last.pt").write_bytes(b"x")
+    _copy_model(src, tmp_path / "bundled")
+    names = {p.name for p in (tmp_path / "bundled").iterdir()}
+    assert "model.json" in names and not names & {"checkpoint.pt", "checkpoints"}

@@ -74,6 +74,18 @@ def read_model_json(folder, expected_type: str) -> tuple[Path, dict]:
     return path, doc
 
 
+def torch_device(name: str = "auto"):
+    """The ``torch.device`` of a config's ``device``: ``auto`` (CUDA when torch sees it, else
+    CPU), ``cpu`` or ``cuda`` (a ValueError when torch sees no CUDA device)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device is 'cuda' but torch sees no CUDA device")
+    return torch.device(name)
+
+
 def check_image(image):
     """The (H, W) uint8 grayscale image every model takes; ValueError naming what is wrong."""
     import numpy as np

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from kit import CELL_TYPES
+from kit import CELL_TYPES, check_cell_type
 from kit.atomic import atomic_open
 
 __all__ = ["BaselineParams", "DEFAULT_PARAMS", "predict_labels", "BaselineModel"]
@@ -96,11 +96,6 @@ DEFAULT_PARAMS: dict[str, BaselineParams] = {
 }
 
 
-def _check_cell_type(cell_type: str) -> None:
-    if cell_type not in CELL_TYPES:
-        raise ValueError(f"unknown cell_type {cell_type!r}; valid types are {list(CELL_TYPES)}")
-
-
 def _check_image(image) -> np.ndarray:
     from kit.models import check_image
 
@@ -156,7 +151,7 @@ def predict_labels(image: np.ndarray, cell_type: str,
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
-    _check_cell_type(cell_type)
+    check_cell_type(cell_type)
     p = DEFAULT_PARAMS[cell_type] if params is None else params
     image = _check_image(image)
     fg = _foreground(_contrast(image, p), p)
@@ -203,7 +198,7 @@ class BaselineModel:
 
     def predict(self, image: np.ndarray, cell_type: str) -> np.ndarray:
         """(H, W) int32 label image of an (H, W) uint8 image, see :func:`predict_labels`."""
-        _check_cell_type(cell_type)
+        check_cell_type(cell_type)
         return predict_labels(image, cell_type, self.params[cell_type])
 
     def save(self, model_dir) -> Path:

@@ -63,9 +63,10 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from kit import CELL_TYPES
+from kit import CELL_TYPES, check_cell_type, package_versions
 from kit import config as _config
-from kit.atomic import atomic_open
+from kit.atomic import atomic_open, atomic_torch_save
+from kit.models import torch_device
 
 __all__ = [
     "CellposeConfig", "TrainConfig", "SizeModelConfig", "InferenceConfig", "CellTypeConfig",
@@ -370,12 +371,6 @@ def learning_rates(n_epochs: int, lr: float, warmup_epochs: int = 10) -> np.ndar
 # Network, weights
 
 
-def _device():
-    import torch
-
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
 def _new_cellpose_model(diam_mean: float, inference: bool):
     """A random-init ``CellposeModel`` (no download: ``pretrained_model=False``).
 
@@ -434,30 +429,9 @@ def _load_state_dict(net, path: Path, expect_diam_mean: float | None) -> None:
     net.load_state_dict({k: state[k] for k in own})
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    import torch
-
-    with atomic_open(path, "wb") as f:
-        torch.save(obj, f)
-
-
 def _write_json(obj, path: Path) -> None:
     with atomic_open(path) as f:
         f.write(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    import kit
-
-    out = {"kit": kit.__version__}
-    for name in ("cellpose", "torch", "numpy"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -634,7 +608,7 @@ def fit(train_records, out_dir, config: CellposeConfig | None = None, *, config_
     if not train_records:
         raise ValueError("no training images")
 
-    device = _device()
+    device = torch_device("auto")
     t_prep = time.time()
     data = _prepare(train_records, tcfg.min_train_masks, device, "cellpose data", progress)
     if not len(data):
@@ -677,7 +651,7 @@ def fit(train_records, out_dir, config: CellposeConfig | None = None, *, config_
     epoch_log = _EpochLog(out / EPOCH_LOG, keep_through=done)
 
     def save_checkpoint(epoch_done, opt, seconds):
-        _atomic_torch_save({"epoch": epoch_done, "net": net.state_dict(),
+        atomic_torch_save({"epoch": epoch_done, "net": net.state_dict(),
                             "optimizer": opt.state_dict() if opt is not None else None,
                             "train_config": _train_section(cfg), "train_ids": data.ids,
                             "pretrained": str(pretrained_path) if pretrained_path else None,
@@ -763,18 +737,19 @@ def fit(train_records, out_dir, config: CellposeConfig | None = None, *, config_
                      "skipped_images": data.skipped, "n_pretrain_images": len(pre) if pre else 0,
                      "pretrained": str(pretrained_path) if pretrained_path else None,
                      "diam_labels": float(np.mean(data.diam)), "device": str(device)},
-        "versions": _versions(),
+        "versions": package_versions(("cellpose", "torch", "numpy")),
     }
     if config_path is not None:
         text = Path(config_path).read_text()
         if load_config(config_path) != cfg:
             text += ("\n# NOTE: the run changed values of this file (e.g. kit.train --epochs); "
                      "model.json 'config' holds the values used.\n")
-        (out / CONFIG_COPY).write_text(text)
     else:
-        (out / CONFIG_COPY).write_text(DEFAULT_CONFIG.read_text() if config is None else
-                                       "# written by kit.models.cellpose.fit from a config object\n"
-                                       + json.dumps(cfg.to_dict(), indent=1) + "\n")
+        text = (DEFAULT_CONFIG.read_text() if config is None else
+                "# written by kit.models.cellpose.fit from a config object\n"
+                + json.dumps(cfg.to_dict(), indent=1) + "\n")
+    with atomic_open(out / CONFIG_COPY) as f:
+        f.write(text)
     _write_json(doc, out / "model.json")
     return CellposeSegmenter.load(out)
 
@@ -810,11 +785,6 @@ def _check_image(image) -> np.ndarray:
     from kit.models import check_image
 
     return check_image(image)
-
-
-def _check_cell_type(cell_type: str) -> None:
-    if cell_type not in CELL_TYPES:
-        raise ValueError(f"unknown cell_type {cell_type!r}; valid types are {list(CELL_TYPES)}")
 
 
 class CellposeSegmenter:
@@ -903,7 +873,7 @@ class CellposeSegmenter:
     def estimate_diameter(self, image: np.ndarray, cell_type: str) -> tuple[float, str]:
         """``(diameter in px, source)``; source is ``config``, ``median``, ``size_model`` or
         ``median (size model gave X)`` when the estimate was rejected."""
-        _check_cell_type(cell_type)
+        check_cell_type(cell_type)
         setting = self.config.cell_types[cell_type].diameter
         if isinstance(setting, float):
             return setting, "config"
@@ -947,7 +917,7 @@ class CellposeSegmenter:
         from cellpose import dynamics
 
         if isinstance(params, str):
-            _check_cell_type(params)
+            check_cell_type(params)
             params = self.config.cell_types[params]
         elif isinstance(params, dict):
             params = _config.from_dict(CellTypeConfig, params, "params")

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.atomic import atomic_open
+from kit.atomic import atomic_torch_save
+from kit.models import torch_device
 from kit.models.maskrcnn import MaskRCNNConfig, MaskRCNNModel, build_network, load_config, load_pretrained
 
 __all__ = ["fit", "lr_at", "evaluate", "livecell_classes"]
@@ -107,16 +108,6 @@ def evaluate(model: MaskRCNNModel, records) -> dict:
             "n_images": len(scores), "n_pred": n_pred}
 
 
-def _device(tcfg):
-    import torch
-
-    if tcfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but torch sees no CUDA device")
-    if tcfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(tcfg.device)
-
-
 def _optimizer(net, tcfg):
     import torch
 
@@ -129,13 +120,6 @@ def _optimizer(net, tcfg):
     if tcfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=tcfg.lr)
     return torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum)
-
-
-def _atomic_save(obj, path: Path):
-    import torch
-
-    with atomic_open(path, "wb") as f:  # creates path.parent
-        torch.save(obj, f)
 
 
 class _Trainer:
@@ -236,7 +220,7 @@ class _Trainer:
             if stage == "sartorius" and held_out and (done % tcfg.eval_every == 0 or done == epochs
                                                       or out_of_time):
                 best = self._evaluate(stage_cfg, net, held_out, stage, done, iteration, best)
-            _atomic_save({"stage": stage, "epoch": done, "iteration": iteration,
+            atomic_torch_save({"stage": stage, "epoch": done, "iteration": iteration,
                           "model": net.state_dict(), "optimizer": opt.state_dict(),
                           "scaler": scaler.state_dict() if use_amp else None, "best": best,
                           "classes": list(classes)}, self.ckpt)
@@ -285,7 +269,7 @@ def fit(train_records, held_out_records, args, out: Path) -> MaskRCNNModel:
     log = RunLog(out / "train.log")
     budget = getattr(args, "time_budget", None)
     deadline = None if budget is None else time.time() + 60.0 * budget
-    device = _device(cfg.train)
+    device = torch_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     trainer = _Trainer(cfg, out, log, device)
     state = None
@@ -321,7 +305,7 @@ def fit(train_records, held_out_records, args, out: Path) -> MaskRCNNModel:
             net, _, _ = trainer.run_stage("livecell", lc, names, lambda r: label[r.id],
                                           cfg.train.livecell_epochs, init=pretrained, resume=resume,
                                           deadline=deadline)
-            _atomic_save({"model": net.state_dict(), "classes": list(names), "stage": "livecell"}, lc_path)
+            atomic_torch_save({"model": net.state_dict(), "classes": list(names), "stage": "livecell"}, lc_path)
             log("livecell_done", weights=str(lc_path), classes=names)
             state = None
             init = lc_path
