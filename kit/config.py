@@ -15,7 +15,7 @@ Rules of :func:`from_dict`
       with the location prefixed.
 
 Errors are :class:`ConfigError` (a ``ValueError``) of the form
-``path/to/file.yaml: train.n_epochs: expected an integer, got 'ten'``.
+``path/to/file.yaml: train.epochs: expected an integer, got 'ten'``.
 
 Note: PyYAML follows YAML 1.1, where ``1e-5`` is a *string*; write ``1.0e-5``. The error for
 such a value says so.

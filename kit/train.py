@@ -50,7 +50,7 @@ def _fit_cellpose(train_records, val_records, args, out: Path):
     config = load_config(config_path)
     if args.epochs is not None:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train,
-                                                                       n_epochs=args.epochs))
+                                                                       epochs=args.epochs))
     extra = []
     if args.livecell is not None:
         if args.livecell_images is None:

@@ -25,9 +25,9 @@ from tests.conftest import run_module  # noqa: E402
 SMOKE = kcp.DEFAULT_CONFIG.parent / "cellpose_smoke.yaml"
 # 2 images, 12 epochs of 8 crops of 64 px: enough for the loss to fall clearly (fixed seeds)
 TINY = {"diam_mean": 17.0,
-        "train": {"n_epochs": 12, "batch_size": 8, "bsize": 64, "warmup_epochs": 0,
-                  "nimg_per_epoch": 8, "save_every": 3, "learning_rate": 0.005},
-        "size_model": {"n_epochs": 1, "batch_size": 8, "bsize": 64, "augment": False},
+        "train": {"epochs": 12, "batch_size": 8, "bsize": 64, "warmup_epochs": 0,
+                  "nimg_per_epoch": 8, "save_every": 3, "lr": 0.005},
+        "size_model": {"epochs": 1, "batch_size": 8, "bsize": 64, "augment": False},
         "inference": {"augment": False}}
 
 
@@ -149,7 +149,7 @@ def test_config_files_and_errors(tmp_path):
     with pytest.raises(ConfigError) as e:
         kcp.load_config(bad)
     msg = str(e.value)
-    assert str(bad) in msg and "train: unknown key(s) ['n_epoch']" in msg and "'n_epochs'" in msg
+    assert str(bad) in msg and "train: unknown key(s) ['n_epoch']" in msg and "'epochs'" in msg
     bad.write_text("cell_types:\n  shsy5y: {}\n  astro: {}\n  cort: {}\n  hela: {}\n")
     with pytest.raises(ConfigError, match=r"unknown cell type\(s\) \['hela'\]"):
         kcp.load_config(bad)
@@ -234,7 +234,7 @@ def test_resume_after_interruption_continues_from_checkpoint(records, trained, t
     with pytest.raises(ValueError, match="pass --resume"):
         fit(records, out, tiny_config(), progress=False)
     with pytest.raises(ValueError, match="differs from the checkpoint"):
-        fit(records, out, tiny_config(learning_rate=0.01), resume=True, progress=False)
+        fit(records, out, tiny_config(lr=0.01), resume=True, progress=False)
     events = []
     fit(records, out, tiny_config(), resume=True, log=lambda e, **f: events.append((e, f)),
         progress=False)
@@ -271,14 +271,14 @@ def test_pretrained_weights_and_stages(records, trained, tmp_path, monkeypatch):
         fit(records, tmp_path / "d", tiny_config(), resume=True, progress=False)
     # a model folder as starting point, and a pretraining stage on extra images (LIVECell's role)
     extra = [dataclasses.replace(r, id="lc_" + r.id, cell_type=None) for r in records]
-    cfg = tiny_config(n_epochs=1, pretrain_epochs=1)
+    cfg = tiny_config(epochs=1, livecell_epochs=1)
     m = fit(records, tmp_path / "e", dataclasses.replace(cfg, size_model=dataclasses.replace(
         cfg.size_model, enabled=False)), pretrained=ref_dir, pretrain_records=extra, progress=False)
     assert [r["stage"] for r in epoch_rows(tmp_path / "e")] == ["pretrain", "train"]
     doc = json.loads((tmp_path / "e" / "model.json").read_text())
     assert doc["training"]["pretrained"].endswith(kcp.WEIGHTS) and doc["size_model"] is None
     assert m.size_params is None
-    with pytest.raises(ValueError, match="pretrain_epochs is 1 but no pretraining images"):
+    with pytest.raises(ValueError, match="livecell_epochs is 1 but no pretraining images"):
         fit(records, tmp_path / "f", cfg, progress=False)
 
 
@@ -297,7 +297,7 @@ def test_kit_train_livecell_options(records, tmp_path):
                                         "category_id": 1, "segmentation": seg})
     (tmp_path / "lc.json").write_text(json.dumps(coco))
     cfg = tmp_path / "pre.yaml"
-    cfg.write_text(SMOKE.read_text().replace("  n_epochs: 3\n", "  n_epochs: 1\n  pretrain_epochs: 1\n"))
+    cfg.write_text(SMOKE.read_text().replace("  epochs:   3\n", "  epochs: 1\n  livecell_epochs: 1\n"))
     args = argparse.Namespace(config=cfg, epochs=None, livecell=tmp_path / "lc.json",
                               livecell_images=None, time_budget=None, pretrained=None,
                               resume=False, quiet=True)
@@ -401,13 +401,28 @@ def test_cli_train_budget_resume_predict_submission(small_comp, tmp_path):
 
 def test_cli_errors_are_clear(small_comp, tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("size_model:\n  epochs: 3\n")
+    bad.write_text("size_model:\n  n_epochs: 3\n")
     done = run_module("kit.train", "cellpose", "--data", small_comp, "--n-folds", 3,
                       "--out", tmp_path / "o1", "--config", bad, "--quiet")
     assert done.returncode == 2
-    assert "size_model: unknown key(s) ['epochs']; valid keys are ['enabled', 'n_epochs'" in done.stderr
+    assert "size_model: unknown key(s) ['n_epochs']; valid keys are ['enabled', 'epochs'" in done.stderr
     done = run_module("kit.train", "cellpose", "--data", small_comp, "--n-folds", 3,
                       "--out", tmp_path / "o2", "--config", SMOKE, "--pretrained",
                       tmp_path / "livecell_cp3", "--quiet")
     assert done.returncode == 2 and "--pretrained" in done.stderr and "no such file" in done.stderr
     assert "Downloading" not in done.stderr
+
+
+def test_model_folders_with_the_older_key_names_still_load():
+    """Saved model.json configs from before the shared vocabulary (n_epochs, learning_rate,
+    pretrain_epochs, val_every) are renamed on load; a config FILE with them is an error."""
+    from kit.models.cellpose import renamed_keys
+
+    new = CellposeConfig().to_dict()
+    old = dict(new)
+    old["train"] = {{"epochs": "n_epochs", "lr": "learning_rate", "livecell_epochs": "pretrain_epochs",
+                     "eval_every": "val_every"}.get(k, k): v for k, v in new["train"].items()}
+    old["size_model"] = {("n_epochs" if k == "epochs" else k): v for k, v in new["size_model"].items()}
+    assert CellposeConfig.from_dict(renamed_keys(old)) == CellposeConfig()
+    with pytest.raises(ConfigError, match="unknown key"):
+        CellposeConfig.from_dict(old)

@@ -16,8 +16,8 @@ Training (:func:`fit`)
       epoch; the random streams are re-seeded from ``(train.seed, epoch)`` at every epoch, so an
       interrupted run resumed from its checkpoint computes the same weights as one uninterrupted
       run. Learning rates: :func:`learning_rates` (cellpose 3.1's schedule).
-    * Optional first stage: ``train.pretrain_epochs`` epochs on extra images (LIVECell via
-      ``kit.data.read_coco``), then ``train.n_epochs`` on the competition images, with a fresh
+    * Optional first stage: ``train.livecell_epochs`` epochs on extra images (LIVECell via
+      ``kit.data.read_coco``), then ``train.epochs`` on the competition images, with a fresh
       optimiser and schedule per stage.
     * Then the BatchNorm statistics are recomputed with the final weights
       (:func:`recalibrate_batchnorm`; after a short run the running statistics trail the weights
@@ -90,12 +90,12 @@ CHANNELS = [0, 0]  # grayscale, no nuclear channel (the network still has cellpo
 
 @dataclass(frozen=True)
 class TrainConfig:
-    n_epochs: int = 500
-    pretrain_epochs: int = 0
+    epochs: int = 500
+    livecell_epochs: int = 0
     batch_size: int = 8
     bsize: int = 224
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    learning_rate: float = 0.005
+    lr: float = 0.005
     weight_decay: float = 1e-5
     momentum: float = 0.9
     warmup_epochs: int = 10
@@ -103,22 +103,22 @@ class TrainConfig:
     min_train_masks: int = 5
     nimg_per_epoch: int | None = None
     save_every: int = 10
-    val_every: int = 0
+    eval_every: int = 0
     bn_recalibration_crops: int = 64
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("n_epochs", "batch_size", "save_every"):
+        for name in ("epochs", "batch_size", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("pretrain_epochs", "warmup_epochs", "min_train_masks", "val_every",
+        for name in ("livecell_epochs", "warmup_epochs", "min_train_masks", "eval_every",
                      "bn_recalibration_crops"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.bsize < 32 or self.bsize % 16:
             raise ValueError(f"bsize must be a multiple of 16 and >= 32, got {self.bsize!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not 0 <= self.scale_range <= 2:
             raise ValueError(f"scale_range must be in [0, 2], got {self.scale_range!r}")
         if self.nimg_per_epoch is not None and self.nimg_per_epoch < 1:
@@ -128,7 +128,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class SizeModelConfig:
     enabled: bool = True
-    n_epochs: int = 10
+    epochs: int = 10
     batch_size: int = 64
     bsize: int = 512
     augment: bool = True
@@ -136,7 +136,7 @@ class SizeModelConfig:
     max_ratio: float = 2.0
 
     def __post_init__(self):
-        for name in ("n_epochs", "batch_size"):
+        for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.bsize < 32 or self.bsize % 16:
@@ -181,6 +181,22 @@ class CellTypeConfig:
             raise ValueError(f"min_size must be >= -1, got {self.min_size!r}")
         if self.niter is not None and self.niter < 1:
             raise ValueError(f"niter must be >= 1 or null, got {self.niter!r}")
+
+
+# Keys of model folders written before the config vocabulary was shared with Mask R-CNN.
+_OLD_KEYS = {"train": {"n_epochs": "epochs", "pretrain_epochs": "livecell_epochs",
+                       "learning_rate": "lr", "val_every": "eval_every"},
+             "size_model": {"n_epochs": "epochs"}}
+
+
+def renamed_keys(config: dict) -> dict:
+    """A saved model folder's config with the keys of older kit versions renamed (a config
+    FILE must use the current keys: unknown keys stay errors there)."""
+    out = dict(config)
+    for section, names in _OLD_KEYS.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {names.get(k, k): v for k, v in out[section].items()}
+    return out
 
 
 def _default_cell_types() -> dict:
@@ -469,9 +485,9 @@ def _make_optimizer(net, cfg: TrainConfig):
     import torch
 
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(net.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum,
+        return torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _crops(data: _ImageSet, inds, diam_mean: float, cfg: TrainConfig):
@@ -571,7 +587,7 @@ def fit(train_records, out_dir, config: CellposeConfig | None = None, *, config_
     """Train on ``train_records`` (:class:`kit.data.ImageRecord` with RLEs), save the model
     folder ``out_dir`` and return the loaded model.
 
-    ``pretrain_records`` (e.g. LIVECell) are trained on first for ``train.pretrain_epochs``.
+    ``pretrain_records`` (e.g. LIVECell) are trained on first for ``train.livecell_epochs``.
     ``pretrained``: a CPnet weights file or a kit cellpose model folder to start from (checked to
     exist; its ``diam_mean`` must equal the config's). ``resume``: continue from
     ``out_dir/checkpoint.pt`` (same config ``train`` section and ``diam_mean``, same training
@@ -580,7 +596,7 @@ def fit(train_records, out_dir, config: CellposeConfig | None = None, *, config_
     checkpoint is saved; ``resume`` continues); the model folder is written either way and says
     in ``model.json`` ``training`` how many epochs it has. ``log(event, **fields)`` receives
     progress events (kit.train's ``train.log``); ``val_records`` only feed the monitoring loss
-    (``train.val_every``).
+    (``train.eval_every``).
     """
     import torch
     from tqdm import tqdm
@@ -599,11 +615,11 @@ def fit(train_records, out_dir, config: CellposeConfig | None = None, *, config_
         raise ValueError(f"{out} holds a {CHECKPOINT} of an earlier run: pass --resume to continue "
                          "it, or choose another --out")
     pretrained_path = _resolve_weights(pretrained) if pretrained is not None else None
-    if tcfg.pretrain_epochs and not pretrain_records:
-        raise ValueError(f"train.pretrain_epochs is {tcfg.pretrain_epochs} but no pretraining "
+    if tcfg.livecell_epochs and not pretrain_records:
+        raise ValueError(f"train.livecell_epochs is {tcfg.livecell_epochs} but no pretraining "
                          "images were given (kit.train: --livecell JSON --livecell-images DIR)")
-    if pretrain_records and not tcfg.pretrain_epochs:
-        raise ValueError("pretraining images were given but train.pretrain_epochs is 0")
+    if pretrain_records and not tcfg.livecell_epochs:
+        raise ValueError("pretraining images were given but train.livecell_epochs is 0")
     train_records = list(train_records)
     if not train_records:
         raise ValueError("no training images")
@@ -615,9 +631,9 @@ def fit(train_records, out_dir, config: CellposeConfig | None = None, *, config_
         raise ValueError(f"no training image has >= {tcfg.min_train_masks} masks "
                          "(train.min_train_masks)")
     pre = (_prepare(pretrain_records, tcfg.min_train_masks, device, "pretrain data", progress)
-           if tcfg.pretrain_epochs else None)
+           if tcfg.livecell_epochs else None)
     val = (_prepare(val_records, 1, device, "held-out data", progress)
-           if tcfg.val_every and val_records else None)
+           if tcfg.eval_every and val_records else None)
     log("cellpose_data", n_train=len(data), skipped=data.skipped,
         n_pretrain=len(pre) if pre else 0, n_val=len(val) if val else 0,
         seconds=round(time.time() - t_prep, 1))
@@ -626,8 +642,8 @@ def fit(train_records, out_dir, config: CellposeConfig | None = None, *, config_
     torch.manual_seed(tcfg.seed)  # the random initial weights, too, are a function of the seed
     cp = _new_cellpose_model(cfg.diam_mean, inference=False)
     net = cp.net
-    stages = ([("pretrain", tcfg.pretrain_epochs, pre)] if pre is not None else []) + \
-             [("train", tcfg.n_epochs, data)]
+    stages = ([("pretrain", tcfg.livecell_epochs, pre)] if pre is not None else []) + \
+             [("train", tcfg.epochs, data)]
     total_epochs = sum(n for _, n, _ in stages)
 
     done, opt_state, seconds_before = 0, None, 0.0
@@ -670,7 +686,7 @@ def fit(train_records, out_dir, config: CellposeConfig | None = None, *, config_
             if done >= end:
                 start = end
                 continue
-            rates = learning_rates(n_epochs, tcfg.learning_rate, tcfg.warmup_epochs)
+            rates = learning_rates(n_epochs, tcfg.lr, tcfg.warmup_epochs)
             opt = _make_optimizer(net, tcfg)
             if opt_state is not None and done > start:
                 opt.load_state_dict(opt_state)
@@ -682,9 +698,9 @@ def fit(train_records, out_dir, config: CellposeConfig | None = None, *, config_
                                              cfg.diam_mean, tcfg)
                 if not math.isfinite(loss):
                     raise ValueError(f"training loss is {loss} at epoch {g + 1}: lower "
-                                     "train.learning_rate")
+                                     "train.lr")
                 vloss = ""
-                if val is not None and len(val) and ((g + 1) % tcfg.val_every == 0 or g + 1 == end):
+                if val is not None and len(val) and ((g + 1) % tcfg.eval_every == 0 or g + 1 == end):
                     vloss = round(_val_loss(net, val, cfg.diam_mean, tcfg), 6)
                 done, ran = g + 1, ran + 1
                 elapsed = seconds_before + time.time() - t0
@@ -766,7 +782,7 @@ def _fit_size_model(net, weights: str, data: _ImageSet, scfg: SizeModelConfig, m
     np_state = np.random.get_state()
     try:
         train.train_size(net, weights, train_data=images, train_labels=labels,
-                         channels=None, normalize=False, n_epochs=scfg.n_epochs,
+                         channels=None, normalize=False, n_epochs=scfg.epochs,
                          batch_size=scfg.batch_size, bsize=scfg.bsize,
                          min_train_masks=min_masks)
     finally:
@@ -812,7 +828,7 @@ class CellposeSegmenter:
 
         folder = Path(model_dir)
         path, doc = read_model_json(folder, cls.TYPE)
-        cfg = CellposeConfig.from_dict(doc["config"], where=f"{path}: config")
+        cfg = CellposeConfig.from_dict(renamed_keys(doc["config"]), where=f"{path}: config")
         weights = folder / doc.get("weights", WEIGHTS)
         if not weights.is_file():
             raise FileNotFoundError(f"{folder}: weights file {weights.name} is missing")
