@@ -103,7 +103,8 @@ def main(argv=None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # e.g. a bundle file that cannot be read
-        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     return 0
 
