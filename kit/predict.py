@@ -97,7 +97,7 @@ def run(model_dir: Path, images: Path, out: Path, ids_csv: Path | None = None,
     """
     from kit.atomic import check_writable
     from kit.models import load_model, model_type
-    from kit.submission import validate_submission, write_submission
+    from kit.submission import labels_to_rles, validate_submission, write_submission
 
     check_writable(out, "submission")  # before any work
     model = load_model(model_dir)
@@ -109,7 +109,7 @@ def run(model_dir: Path, images: Path, out: Path, ids_csv: Path | None = None,
     given = read_cell_types(cell_types_csv) if cell_types_csv else None
     preds, shapes, types = {}, {}, {}
     for image_id, cell_type, labels in predict_images(model, model_dir, images, ids, given, progress):
-        preds[image_id] = labels
+        preds[image_id] = labels_to_rles(labels)  # RLE strings: KBs per image, not a label image
         shapes[image_id] = labels.shape
         types[image_id] = cell_type
     write_submission(preds, out, ids=ids)

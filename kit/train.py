@@ -185,12 +185,12 @@ def score_oof(model, held_out, out: Path, progress: bool = True):
     from tqdm import tqdm
 
     from kit import cv, metric
-    from kit.submission import write_submission
+    from kit.submission import labels_to_rles, write_submission
 
-    preds, scores = {}, []
+    preds, scores = {}, []  # predictions kept as RLE strings: KBs per image, not a label image
     for rec in tqdm(held_out, desc="OOF predict", unit="img", disable=not progress, file=sys.stderr):
         labels = model.predict(rec.load_image(), rec.cell_type)
-        preds[rec.id] = labels
+        preds[rec.id] = labels_to_rles(labels)
         scores.append(metric.image_score(list(rec.rles), labels, rec.shape,
                                          id=rec.id, cell_type=rec.cell_type))
     write_submission(preds, out / "oof.csv", ids=[r.id for r in held_out])
