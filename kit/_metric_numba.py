@@ -287,13 +287,14 @@ def _pairs_with_areas(table, order, used, labels):
 
 @njit(cache=True, nogil=True, inline="always")
 def _count_match(tp, inter, union):
-    """Add one pair to tp (N_THRESHOLDS,): a match at t_k when IoU > t_k exactly, i.e.
-    ``20 * inter > (10 + k) * union`` in integers (thresholds ascend, so stop at the first miss)."""
-    for k in range(N_THRESHOLDS):
-        if 20 * inter > (10 + k) * union:
-            tp[k] += 1
-        else:
-            break
+    """Add one pair to tp (N_THRESHOLDS,): a candidate at t_k when IoU > t_k exactly, i.e.
+    ``20 * inter > (10 + k) * union`` in integers (thresholds ascend, so stop at the first
+    miss). Returns the pair's level: how many thresholds it clears."""
+    k = 0
+    while k < N_THRESHOLDS and 20 * inter > (10 + k) * union:
+        tp[k] += 1
+        k += 1
+    return k
 
 
 @njit(cache=True, nogil=True)
@@ -478,16 +479,6 @@ def run_overlaps(a_ptr, a_starts, a_lengths, b_ptr, b_starts, b_lengths):
 # Matching
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _levels_passed(inter, union):
-    """How many thresholds the pair clears: IoU > t_k exactly, i.e. ``20 * inter > (10 + k) *
-    union`` in integers, for k = 0 .. level - 1 (thresholds ascend)."""
-    k = 0
-    while k < N_THRESHOLDS and 20 * inter > (10 + k) * union:
-        k += 1
-    return k
-
-
 @njit(cache=True, nogil=True)
 def _has_repeat(x):
     """Whether any value occurs twice in x (P,)."""
@@ -596,25 +587,21 @@ def match_counts(a, b, inter, area_a, area_b):
     the matching and are counted directly; only otherwise is a matching computed, on the
     candidate pairs alone (a few per instance), once per threshold.
     """
-    n_cand = 0
-    for q in range(a.size):
-        n_cand += a[q] != 0 and b[q] != 0 and 2 * inter[q] > area_a[q] + area_b[q] - inter[q]
-    ca = np.empty(n_cand, np.int64)
-    cb = np.empty(n_cand, np.int64)
-    level = np.empty(n_cand, np.int64)
+    ca = np.empty(a.size, np.int64)  # the candidates at t = 0.5 and their levels
+    cb = np.empty(a.size, np.int64)
+    level = np.empty(a.size, np.int64)
     tp = np.zeros(N_THRESHOLDS, np.int64)
     m = 0
     for q in range(a.size):
         if a[q] == 0 or b[q] == 0:
             continue
-        lv = _levels_passed(inter[q], area_a[q] + area_b[q] - inter[q])
+        lv = _count_match(tp, inter[q], area_a[q] + area_b[q] - inter[q])
         if lv > 0:
             ca[m] = a[q]
             cb[m] = b[q]
             level[m] = lv
             m += 1
-            for k in range(lv):
-                tp[k] += 1
+    ca, cb, level = ca[:m], cb[:m], level[:m]
     if not (_has_repeat(ca) or _has_repeat(cb)):
         return tp
     ia, n_a = _dense_index(ca)
