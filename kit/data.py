@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -488,6 +489,42 @@ def read_coco(json_path, images_dir=None, cell_type: str | None = None, *,
 
 # --------------------------------------------------------------------------------------------
 # Folds
+
+
+def inner_split(records: Sequence[ImageRecord], fraction: float, seed: int = 42
+                ) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """``(fit, validation)``: about ``fraction`` of ``records`` set aside for validation (the
+    checkpoint / early-stopping choice of a training run), grouped by sample and stratified by
+    cell type like :func:`make_folds` (an image without a sample_id is a group of its own): the
+    first of ``round(1 / fraction)`` folds, or of as many folds as there are groups when there
+    are fewer (then the validation share is one group, more than ``fraction``). With fewer
+    than 3 groups, images are split one by one (images of a sample then straddle the split:
+    the validation score is optimistic, the held-out fold is untouched either way).
+    ``fraction`` 0 or fewer than 4 records: no validation split (``(records, [])``). Same
+    records and seed -> same split."""
+    records = list(records)
+    if not 0.0 <= fraction < 0.5:
+        raise ValueError(f"validation fraction must be in [0, 0.5), got {fraction!r}")
+    if fraction == 0 or len(records) < 4:
+        return records, []
+    groups = {r.sample_id if r.sample_id is not None else f"\0{r.id}" for r in records}
+    keyed = records
+    if len(groups) < 3:
+        keyed = [replace(r, sample_id=None) for r in records]
+        groups = {r.id for r in records}
+    largest_type = max(Counter(r.cell_type for r in records).values())
+    n = min(max(2, round(1 / fraction)), len(groups), largest_type)
+    if n < 2:
+        return records, []
+    import warnings
+
+    with warnings.catch_warnings():  # a cell type with fewer images than folds: fine here
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            folds = make_folds(keyed, n, seed, unknown_sample_alone=True)
+        except DataError:  # a fold came out empty: too few images to set any aside
+            return records, []
+    return ([r for r in records if folds[r.id] != 0], [r for r in records if folds[r.id] == 0])
 
 
 def make_folds(records: Iterable[ImageRecord], n_folds: int = 5, seed: int = 42, *,

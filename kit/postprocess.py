@@ -47,7 +47,7 @@ import numpy as np
 
 from kit import CELL_TYPES, check_cell_type
 
-__all__ = ["TypeParams", "PostprocessConfig", "DEFAULT_CONFIG", "Detections", "vote_cell_type",
+__all__ = ["TypeParams", "TYPE_PARAM_GRIDS", "PostprocessConfig", "DEFAULT_CONFIG", "Detections", "vote_cell_type",
            "select", "paint", "postprocess", "paste_window"]
 
 
@@ -69,6 +69,15 @@ class TypeParams:
         if not 0 <= self.min_area <= self.max_area:
             raise ValueError(f"need 0 <= min_area <= max_area, got min_area={self.min_area!r}, "
                              f"max_area={self.max_area!r}")
+
+
+# Candidate values of the tunable TypeParams (``kit.tune``; the seed's values lie inside).
+TYPE_PARAM_GRIDS = {
+    "score": (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.55, 0.6, 0.7),
+    "nms": (0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0),
+    "pixel": (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65),
+    "min_area": (0, 15, 30, 50, 77, 80, 100, 150),
+}
 
 
 @dataclass(frozen=True)

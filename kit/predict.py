@@ -102,7 +102,7 @@ def run(model_dir: Path, images: Path, out: Path, ids_csv: Path | None = None,
     check_writable(out, "submission")  # before any work
     model = load_model(model_dir)
     if tuned is not None:
-        from kit.tune import apply_tuned
+        from kit.models.tuned import apply_tuned
 
         apply_tuned(model, tuned, model_type(model_dir))
     ids = image_ids(images, ids_csv)

@@ -1,73 +1,35 @@
 """Train a model on one fold and score it out of fold: ``python -m kit.train MODEL ...``.
 
-``python -m kit.train baseline --data DIR --fold K --out DIR [--folds folds.csv]``
+``python -m kit.train MODEL --data DIR --fold K --out DIR [--folds folds.csv]``; MODEL is any
+trainable family of :mod:`kit.models.registry` (baseline, cellpose, maskrcnn, ...).
 
 Every model goes through the same steps, so their numbers compare:
 
 1. read the competition directory (:mod:`kit.data`; train.csv + train/ is enough); folds from
    ``--folds`` or made by ``make_folds`` (grouped by sample, stratified by cell type; an image
    without a sample_id is a group of its own, with a warning) and written to ``folds.csv``;
-2. fit the image -> cell-type classifier on the training fold (``celltype.joblib``) and
+2. set aside an inner validation split of the training folds (``--val-fraction``, grouped by
+   sample: :func:`kit.data.inner_split`), written to ``val.csv``: it is what chooses a
+   checkpoint; the held-out fold chooses nothing;
+3. fit the image -> cell-type classifier on the training folds (``celltype.joblib``) and
    report its accuracy on the held-out fold;
-3. fit the model (the baseline has nothing to fit; trained models add their trainer to
-   :data:`TRAINERS`) and save it into ``--out`` (a model is one folder);
-4. predict the held-out fold with the true cell types, write ``oof.csv`` (submission
-   format) and score it with the competition metric (``oof_score.json``, table printed).
+4. fit the model through its family (:meth:`kit.models.family.ModelFamily.fit`) and save it
+   into ``--out`` (a model is one folder);
+5. predict the held-out fold with the true cell types, write ``oof.csv`` (submission format)
+   and score it with the competition metric (``oof_score.json``, which also records what chose
+   what; table printed).
 
 The run folder also gets ``params.json`` (the command's arguments) and ``train.log`` (one
-JSON object per line).
+JSON object per line, :class:`kit.runlog.RunLog`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-
-def _fit_baseline(train_records, val_records, args, out: Path):
-    from kit.models.baseline import BaselineModel
-
-    model = BaselineModel()
-    model.save(out)
-    return model
-
-
-def _fit_maskrcnn(train_records, val_records, args, out: Path):
-    from kit.models.maskrcnn_train import fit
-
-    return fit(train_records, val_records, args, out)
-
-
-def _fit_cellpose(train_records, val_records, args, out: Path):
-    import dataclasses
-
-    from kit.data import read_coco
-    from kit.models.cellpose import DEFAULT_CONFIG, fit, load_config
-
-    config_path = args.config or DEFAULT_CONFIG
-    config = load_config(config_path)
-    if args.epochs is not None:
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train,
-                                                                       epochs=args.epochs))
-    extra = []
-    if args.livecell is not None:
-        if args.livecell_images is None:
-            raise ValueError("--livecell needs --livecell-images (the folder of its images)")
-        extra = read_coco(args.livecell, args.livecell_images)
-    budget = None if args.time_budget is None else args.time_budget * 60.0
-    return fit(train_records, out, config, config_path=config_path, val_records=val_records,
-               pretrain_records=extra, pretrained=args.pretrained, resume=args.resume,
-               time_budget_s=budget, log=RunLog(out / "train.log"), progress=not args.quiet)
-
-
-# model name -> "module:function" reading (and so validating) its --config YAML (None: default)
-CONFIG_LOADERS = {
-    "maskrcnn": "kit.models.maskrcnn:load_config",
-    "cellpose": "kit.models.cellpose:load_config",
-}
-
+from kit.runlog import RunLog
 
 # What marks a folder as holding an earlier kit.train run (params.json is written first).
 RUN_MARKERS = ("params.json", "train.log", "model.json", "checkpoint.pt", "checkpoints")
@@ -95,18 +57,14 @@ def check_run_folder(out: Path, resume: bool, fresh: bool) -> None:
 
 def check_inputs(args) -> None:
     """Everything a run reads besides the data, checked before anything is written: the
-    config, the files named by options, the run folder (its earlier run, its writability)."""
-    import importlib
-
+    config (read by the family), the files named by options, the run folder (its earlier run,
+    its writability)."""
     from kit.atomic import check_writable_dir
+    from kit.models.registry import family
 
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-    if args.model in CONFIG_LOADERS:
-        module, func = CONFIG_LOADERS[args.model].split(":")
-        getattr(importlib.import_module(module), func)(args.config)
-    elif args.config is not None:
-        raise ValueError(f"--config {args.config}: the {args.model} model takes no config")
+    family(args.model).load_config(args.config)
     if args.livecell is not None and args.livecell_images is None:
         raise ValueError("--livecell needs --livecell-images (the folder of its images)")
     for opt in ("pretrained", "livecell", "livecell_images", "folds"):
@@ -117,24 +75,18 @@ def check_inputs(args) -> None:
     check_writable_dir(args.out, "run folder")
 
 
-# model name -> fit(train_records, val_records, args, out_dir) -> model (saved in out_dir)
-TRAINERS = {
-    "baseline": _fit_baseline,
-    "maskrcnn": _fit_maskrcnn,
-    "cellpose": _fit_cellpose,
-}
+def fit_options(args):
+    """The :class:`kit.models.family.FitOptions` of the command line (LIVECell records read)."""
+    from kit.models.family import FitOptions
 
+    livecell = ()
+    if args.livecell is not None:
+        from kit.data import read_coco
 
-class RunLog:
-    """Append-only ``train.log``: one JSON object per line, with a wall-clock stamp."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __call__(self, event: str, **fields) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"time": round(time.time(), 3), "event": event, **fields},
-                               allow_nan=False) + "\n")
+        livecell = tuple(read_coco(args.livecell, args.livecell_images, source="livecell"))
+    return FitOptions(config=args.config, epochs=args.epochs, pretrained=args.pretrained,
+                      resume=args.resume, livecell=livecell, progress=not args.quiet,
+                      time_budget_s=None if args.time_budget is None else 60.0 * args.time_budget)
 
 
 def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed: int):
@@ -180,8 +132,9 @@ def fit_cell_type_classifier(train, held_out, out: Path) -> float:
     return float(np.mean([p == r.cell_type for p, r in zip(pred, held_out)]))
 
 
-def score_oof(model, held_out, out: Path, progress: bool = True):
-    """Predict the held-out fold with true cell types, write oof.csv and oof_score.json."""
+def score_oof(model, held_out, out: Path, progress: bool = True, selection: dict | None = None):
+    """Predict the held-out fold with true cell types, write oof.csv and oof_score.json
+    (with ``selection``: what chose what, recorded as given)."""
     from tqdm import tqdm
 
     from kit import cv, metric
@@ -195,20 +148,29 @@ def score_oof(model, held_out, out: Path, progress: bool = True):
                                          id=rec.id, cell_type=rec.cell_type))
     write_submission(preds, out / "oof.csv", ids=[r.id for r in held_out])
     summary = metric.summarize(scores)
-    cv.write_json_atomic(cv.result_json(summary, scores, []), out / "oof_score.json")
+    doc = cv.result_json(summary, scores, [])
+    if selection is not None:
+        doc["selection"] = selection
+    cv.write_json_atomic(doc, out / "oof_score.json")
     return summary
 
 
 def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kit.train", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("model", choices=sorted(TRAINERS), help="which model to train")
+    from kit.models import registry
+
+    parser.add_argument("model", choices=registry.names(trainable=True),
+                        help="which model family to train")
     data = parser.add_argument_group("data")
     data.add_argument("--data", type=Path, required=True, help="competition directory")
     data.add_argument("--fold", type=int, default=0, help="held-out fold")
     data.add_argument("--folds", type=Path, default=None, help="id,fold CSV (default: make folds)")
     data.add_argument("--n-folds", type=int, default=5, help="folds to make when --folds is absent")
-    data.add_argument("--seed", type=int, default=42, help="seed of the folds")
+    data.add_argument("--seed", type=int, default=42, help="seed of the folds and the validation split")
+    data.add_argument("--val-fraction", type=float, default=0.15,
+                      help="inner validation split of the training folds (chooses the checkpoint; "
+                           "0 = none: the last epoch is kept)")
     data.add_argument("--livecell", type=Path, default=None,
                       help="LIVECell / COCO json to pre-train on first (trained models)")
     data.add_argument("--livecell-images", type=Path, default=None, help="folder of the --livecell images")
@@ -228,12 +190,15 @@ def _main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from kit.atomic import atomic_open
-    from kit.data import write_folds_csv
+    from kit.data import inner_split, write_folds_csv
     from kit.errors import one_line
+    from kit.models.registry import family
 
     # Everything is read and checked first: a bad input leaves nothing behind.
     check_inputs(args)
     train, held_out, folds = split_fold(args.data, args.fold, args.folds, args.n_folds, args.seed)
+    fit_train, val = inner_split(train, args.val_fraction, args.seed)
+    options = fit_options(args)
     out = args.out
     if args.fresh and earlier_run(out):
         import shutil
@@ -244,13 +209,20 @@ def _main(argv=None) -> int:
     with atomic_open(out / "params.json") as f:
         f.write(json.dumps(params, indent=1) + "\n")
     write_folds_csv(folds, out / "folds.csv")
+    with atomic_open(out / "val.csv") as f:
+        f.write("id\n" + "".join(f"{r.id}\n" for r in val))
     log = RunLog(out / "train.log")
+    selection = {"held_out_fold": args.fold, "held_out_images": len(held_out),
+                 "held_out_chooses": "nothing (scored only)",
+                 "validation_images": len(val), "validation_ids": "val.csv",
+                 "validation_chooses": "what the model family selects during training (e.g. "
+                                       "the best epoch)" if val else "nothing (no validation split)"}
     try:
-        log("split", n_train=len(train), n_held_out=len(held_out))
+        log("split", n_train=len(fit_train), n_val=len(val), n_held_out=len(held_out))
         acc = fit_cell_type_classifier(train, held_out, out)
         log("celltype", held_out_accuracy=acc)
-        model = TRAINERS[args.model](train, held_out, args, out)
-        summary = score_oof(model, held_out, out, progress=not args.quiet)
+        model = family(args.model).fit(fit_train, val, out, options, log)
+        summary = score_oof(model, held_out, out, progress=not args.quiet, selection=selection)
     except (ValueError, OSError) as e:  # an input found bad while running
         log("error", message=one_line(e))
         print(f"error: {one_line(e)}", file=sys.stderr)
@@ -265,7 +237,8 @@ def _main(argv=None) -> int:
     log("oof", map=summary.map, by_cell_type={k: v.map for k, v in summary.by_cell_type.items()})
     from kit.cv import format_table
 
-    print(f"{args.model} fold {args.fold}: {len(train)} train / {len(held_out)} held-out images; "
+    print(f"{args.model} fold {args.fold}: {len(fit_train)} train + {len(val)} validation / "
+          f"{len(held_out)} held-out images; "
           f"cell-type classifier held-out accuracy {acc:.3f}")
     print(format_table(summary))
     print(f"model folder: {out}  (oof.csv, oof_score.json, folds.csv, train.log)")

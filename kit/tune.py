@@ -1,53 +1,52 @@
 """Tune post-processing per cell type on cached out-of-fold raw outputs: ``python -m kit.tune``.
 
-Two steps, so that the network runs once and the search never runs it:
+Two steps, so that the network runs once and the search never runs it. Everything
+model-specific comes from the model's family (:mod:`kit.models.family`): what its raw output
+is, which parameters it has, their candidate values, how a raw output is rendered and what a
+tuned YAML holds.
 
 ``python -m kit.tune cache --model DIR --data DIR --fold K [--folds CSV] --out CACHE``
-    runs the model folder's raw prediction once per held-out image and writes one ``.npz`` per
-    image and source into ``CACHE/s<k>/`` plus ``CACHE/cache.json`` (model type, sources, the
-    model's current post-processing = the "before" parameters, image ids and cell types).
-    Raw outputs by model type:
+    runs the model folder's raw prediction once per image of fold K and writes one ``.npz``
+    per image and source into ``CACHE/s<k>/`` plus ``CACHE/cache.json`` (model type, sources,
+    the model's tuning state = its current post-processing, the "before" parameters, image ids
+    and cell types). Raw outputs by family:
 
-    * ``maskrcnn``: ``predict_raw`` -> :class:`kit.postprocess.Detections` (``Detections.save``:
-      boxes, scores, classes, 28x28 mask probabilities, before any threshold);
-    * ``cellpose``: ``predict_raw`` -> flows ``dP``, ``cellprob`` logits, style, diameter, ...
-      (float32, before any threshold);
-    * ``ensemble``: every member on every TTA view (:mod:`kit.ensemble`), mapped back to the
-      image: Detections for Mask R-CNN members, label images for the others (rendered with the
-      member folder's own settings, e.g. its own ``tuned.yaml``);
-    * any other type: its label image (nothing to tune alone).
+    * ``maskrcnn``: :class:`kit.postprocess.Detections` (boxes, scores, classes, 28x28 mask
+      probabilities as float16, before any threshold);
+    * ``cellpose``: flows ``dP``, ``cellprob`` logits, style, diameter, ... (float32, before
+      any threshold);
+    * ``baseline``: the image itself (the classical pipeline re-runs per candidate);
+    * ``ensemble``: every member on every TTA view (:mod:`kit.models.ensemble`), mapped back
+      to the image: Detections for members whose family fuses detections, label images for the
+      others (rendered with the member folder's own settings, e.g. its own ``tuned.yaml``).
 
 ``python -m kit.tune search --cache CACHE --gt train.csv --out tuned.yaml [--n-jobs 2]``
     needs only the cache and the ground truth (no model folder, no network): per cell type, a
-    coordinate search over a grid (:data:`GRIDS`; ``--grid name=v1,v2``) starting from the
-    model's own parameters, each candidate scored by ``kit.metric`` MAP over that cell type's
-    cached images, candidates x images in parallel (joblib). A value replaces the current one
-    only if it raises the MAP, so "after" >= "before". Parameters:
+    coordinate search over the family's grids (``--grid name=v1,v2`` replaces one) starting
+    from the model's own parameters, each candidate scored by ``kit.metric`` MAP over that
+    cell type's cached images, candidates x images in parallel (joblib). A value replaces the
+    current one only if it raises the MAP, so "after" >= "before" on the searched images.
+    Parameters: ``maskrcnn`` ``score``, ``nms``, ``pixel``, ``min_area``; ``cellpose``
+    ``cellprob_threshold``, ``flow_threshold`` (0 = off), ``min_size``; ``baseline``
+    ``threshold_k``, ``smooth_sigma``, ``shrink``, ``min_distance``, ``dist_sigma``,
+    ``min_area``; ``ensemble`` ``wbf_iou``, ``wbf_skip`` and the thresholds of the fused
+    detections (with detection members), ``min_support`` / ``pixel_vote`` (with >= 2 voters),
+    one weight per member ``w0``, ``w1``, ... (with >= 2 members).
 
-    * ``maskrcnn``: ``score``, ``nms``, ``pixel``, ``min_area`` (:class:`kit.postprocess.TypeParams`);
-    * ``cellpose``: ``cellprob_threshold``, ``flow_threshold`` (0 = off), ``min_size``. The
-      diameter scale is not searched: a new diameter rescales the network's input, so it
-      needs the network;
-    * ``ensemble``: ``wbf_iou``, ``wbf_skip`` and the Mask R-CNN thresholds of the fused
-      detections (with detection members), ``min_support`` / ``pixel_vote`` of the instance
-      vote (with >= 2 voters) and one weight per member ``w0``, ``w1``, ... (with >= 2 members).
+    Writes the tuned YAML (``model_type`` plus the family's sections) and ``<out>.md``: the
+    before / after MAP table per cell type and the search trace. Images are rendered with
+    their true cell type, so a tuned Mask R-CNN YAML also sets ``cell_type: given``.
 
-    Writes the tuned YAML (``model_type`` plus the section the model reads: ``postprocess``,
-    ``cell_types`` or the ensemble's per-type sections) and ``<out>.md``: the before / after MAP
-    table per cell type and the search trace. Images are rendered with their true cell type,
-    so a tuned Mask R-CNN YAML also sets ``cell_type: given``: the model then uses the type it
-    is given (``--cell-types`` or the folder's classifier) instead of its detections' class
-    vote. Where that vote was wrong, the model's own OOF MAP differs from "before".
-    Mask probabilities are cached as float16 (``Detections.save``).
+    The searched images choose the parameters, so their "after" is not an honest score: tune
+    on the out-of-fold caches of the training folds and report on a fold the search never saw.
 
 Applying: copy ``tuned.yaml`` into the model folder (``kit.models.load_model`` applies it on
 top of the folder's own settings) or pass ``python -m kit.predict --tuned tuned.yaml``;
-:func:`apply_tuned` does it in Python.
+:func:`kit.models.tuned.apply_tuned` does it in Python.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -59,191 +58,24 @@ import numpy as np
 
 from kit import CELL_TYPES
 from kit.atomic import atomic_open
+from kit.models.family import load_raw, save_raw
+from kit.models.registry import family
+from kit.models.tuned import read_tuned
 
-__all__ = ["GRIDS", "read_tuned", "apply_tuned", "build_cache", "load_cache", "render",
-           "search", "SearchResult", "TypeResult", "cellpose_labels"]
+__all__ = ["grids_of", "build_cache", "load_cache", "render", "search", "SearchResult",
+           "TypeResult", "tuned_document"]
 
 CACHE_FILE = "cache.json"
-CACHE_FORMAT = 1
-
-# Candidate values of each parameter (``--grid name=v1,v2,...`` replaces one).
-GRIDS: dict[str, tuple] = {
-    # Mask R-CNN (kit.postprocess.TypeParams); the seed's values lie inside these ranges
-    "score": (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.55, 0.6, 0.7),
-    "nms": (0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0),
-    "pixel": (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65),
-    "min_area": (0, 15, 30, 50, 77, 80, 100, 150),
-    # Cellpose (kit.models.cellpose.CellTypeConfig); flow_threshold 0 switches the check off
-    "cellprob_threshold": (-3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0),
-    "flow_threshold": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
-    "min_size": (0, 15, 30, 60),
-    # ensembles (kit.ensemble.EnsembleTypeParams); w<i> = member weights
-    "wbf_iou": (0.4, 0.5, 0.55, 0.6, 0.7, 0.8),
-    "wbf_skip": (0.0, 0.05, 0.1, 0.2, 0.3),
-    "min_support": (0.2, 0.34, 0.5, 0.67, 0.75, 1.0),
-    "pixel_vote": (0.25, 0.34, 0.5, 0.67, 0.75, 1.0),
-    "weight": (0.0, 0.5, 1.0, 2.0),
-}
-MASKRCNN_PARAMS = ("score", "nms", "pixel", "min_area")
-CELLPOSE_PARAMS = ("cellprob_threshold", "flow_threshold", "min_size")
-PP_KEYS = ("score", "nms", "pixel", "min_area", "max_area")
-ENS_KEYS = ("wbf_iou", "wbf_skip", "min_support", "pixel_vote", "match_iou")
+CACHE_FORMAT = 2
 
 
-# ---------------------------------------------------------------------------------------------
-# Tuned YAML: read, apply
-
-_TUNED_SECTIONS = {"maskrcnn": ("cell_type", "postprocess"), "cellpose": ("cell_types",),
-                   "ensemble": ("postprocess",) + CELL_TYPES}
-
-
-def read_tuned(path) -> dict:
-    """The checked mapping of a tuned YAML: ``model_type`` and its sections (see module doc)."""
-    from kit.config import ConfigError, load_yaml
-
-    doc = load_yaml(path)
-    kind = doc.get("model_type")
-    if kind not in _TUNED_SECTIONS:
-        raise ConfigError(f"{path}: model_type must be one of {sorted(_TUNED_SECTIONS)}, got {kind!r}")
-    valid = ("model_type",) + _TUNED_SECTIONS[kind]
-    unknown = [k for k in doc if k not in valid]
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown} for model_type {kind}; valid keys are "
-                          f"{list(valid)}")
-    return doc
-
-
-def _model_kind(model) -> str | None:
-    return getattr(model, "TYPE", None)
-
-
-def apply_tuned(model, tuned, kind: str | None = None):
-    """Apply a tuned YAML (path or :func:`read_tuned` mapping) to a loaded model, in place.
-
-    ``kind``: the model folder's type (default: ``model.TYPE``); it must equal the file's
-    ``model_type``. Adapters per type: Mask R-CNN's ``config.postprocess`` is replaced,
-    Cellpose's ``config.cell_types.<type>`` keys are updated, an ensemble's ``postprocess``
-    and per-type sections are replaced. Returns the model.
-    """
-    from kit import config as kconfig
-
-    where = str(tuned) if not isinstance(tuned, dict) else "tuned"
-    doc = read_tuned(tuned) if not isinstance(tuned, dict) else tuned
-    kind = kind or _model_kind(model)
-    if doc["model_type"] != kind:
-        raise ValueError(f"{where}: tuned for a {doc['model_type']!r} model, not {kind!r}")
-    if kind == "maskrcnn":
-        from kit.postprocess import PostprocessConfig
-
-        if "postprocess" in doc:
-            pp = kconfig.from_dict(PostprocessConfig, doc["postprocess"], f"{where}: postprocess")
-            model.config = dataclasses.replace(model.config, postprocess=pp)
-        if "cell_type" in doc:
-            if doc["cell_type"] not in ("vote", "given"):
-                raise ValueError(f"{where}: cell_type must be 'vote' or 'given', got {doc['cell_type']!r}")
-            model.config = dataclasses.replace(model.config, cell_type=doc["cell_type"])
-    elif kind == "cellpose":
-        from kit.models.cellpose import CellTypeConfig
-
-        sections = doc.get("cell_types") or {}
-        unknown = [k for k in sections if k not in CELL_TYPES]
-        if unknown:
-            raise ValueError(f"{where}: cell_types: unknown cell type(s) {unknown}; valid {list(CELL_TYPES)}")
-        cts = dict(model.config.cell_types)
-        for ct, upd in sections.items():
-            cts[ct] = kconfig.from_dict(CellTypeConfig, {**kconfig.to_dict(cts[ct]), **(upd or {})},
-                                        f"{where}: cell_types.{ct}")
-        model.config = dataclasses.replace(model.config, cell_types=cts)
-    elif kind == "ensemble":
-        from kit.ensemble import EnsembleConfig
-
-        merged = {**kconfig.to_dict(model.config),
-                  **{k: v for k, v in doc.items() if k != "model_type"}}
-        model.config = kconfig.from_dict(EnsembleConfig, merged, where)
-    return model
+def grids_of(kind: str) -> dict[str, tuple]:
+    """The candidate values of the tunable parameters of model type ``kind`` (its family's)."""
+    return dict(family(kind).grids)
 
 
 # ---------------------------------------------------------------------------------------------
 # Cache
-
-
-def cellpose_labels(raw: dict, params: dict, max_size_fraction: float = 0.4) -> np.ndarray:
-    """Adapter: ``CellposeSegmenter.postprocess_raw`` (cellpose's dynamics) without a network.
-
-    Calls the model's own method on a stand-in holding the only things it reads (the
-    inference ``max_size_fraction`` and a CPU device), so tuning renders exactly what the model
-    renders. ``params``: :class:`kit.models.cellpose.CellTypeConfig` keys.
-    """
-    from types import SimpleNamespace
-
-    import torch
-
-    from kit.models.cellpose import CellposeSegmenter
-
-    stub = SimpleNamespace(
-        config=SimpleNamespace(inference=SimpleNamespace(max_size_fraction=max_size_fraction),
-                               cell_types={}),
-        cp=SimpleNamespace(device=torch.device("cpu")))
-    return CellposeSegmenter.postprocess_raw(stub, raw, dict(params))
-
-
-def _save_npz(path: Path, **arrays) -> None:
-    """``np.savez_compressed`` through :func:`kit.atomic.atomic_open` (the name kept as given)."""
-    with atomic_open(path, "wb") as f:
-        np.savez_compressed(f, **arrays)
-
-
-def _save_cellpose_raw(raw: dict, path: Path) -> None:
-    _save_npz(path, **{k: np.asarray(v) for k, v in raw.items()})
-
-
-def _load_cellpose_raw(path: Path) -> dict:
-    out = {}
-    with np.load(path) as z:
-        for k in z.files:
-            v = z[k]
-            if v.ndim == 0:
-                v = v.item()
-            elif k == "shape":
-                v = tuple(int(s) for s in v)
-            out[k] = v
-    return out
-
-
-def _save_labels(labels: np.ndarray, path: Path) -> None:
-    _save_npz(path, labels=np.asarray(labels, np.int32))
-
-
-def _load_labels(path: Path) -> np.ndarray:
-    with np.load(path) as z:
-        return z["labels"]
-
-
-def load_source(path: Path, kind: str):
-    """One cached raw output: Detections, a cellpose raw dict or a label image."""
-    if kind == "detections":
-        from kit.postprocess import Detections
-
-        return Detections.load(path)
-    if kind == "cellpose":
-        return _load_cellpose_raw(path)
-    if kind == "labels":
-        return _load_labels(path)
-    raise ValueError(f"unknown cached source kind {kind!r}")
-
-
-def _defaults_of(model, kind: str) -> dict:
-    from kit import config as kconfig
-
-    if kind == "maskrcnn":
-        return {"postprocess": kconfig.to_dict(model.config.postprocess),
-                "cell_type": model.config.cell_type}
-    if kind == "cellpose":
-        return {"cell_types": {ct: kconfig.to_dict(model.config.cell_types[ct]) for ct in CELL_TYPES},
-                "max_size_fraction": float(model.config.inference.max_size_fraction)}
-    if kind == "ensemble":
-        return {"config": kconfig.to_dict(model.config)}
-    return {}
 
 
 def build_cache(model_dir, records, out, progress: bool = True) -> Path:
@@ -254,18 +86,9 @@ def build_cache(model_dir, records, out, progress: bool = True) -> Path:
 
     model_dir, out = Path(model_dir), Path(out)
     kind = model_type(model_dir)
+    fam = family(kind)
     model = load_model(model_dir)
-    if kind == "ensemble":
-        from kit.ensemble import raw_detections, tta_apply, tta_invert_detections, tta_invert_labels
-
-        sources = [{"member": i, "view": v, "kind": model.kinds[i]}
-                   for v in model.config.tta for i in range(len(model.members))]
-    elif kind == "maskrcnn":
-        sources = [{"member": 0, "view": "id", "kind": "detections"}]
-    elif kind == "cellpose":
-        sources = [{"member": 0, "view": "id", "kind": "cellpose"}]
-    else:
-        sources = [{"member": 0, "view": "id", "kind": "labels"}]
+    sources = fam.cache_sources(model)
     for k, s in enumerate(sources):
         s["dir"] = f"s{k}"
         (out / s["dir"]).mkdir(parents=True, exist_ok=True)
@@ -275,25 +98,12 @@ def build_cache(model_dir, records, out, progress: bool = True) -> Path:
                     file=sys.stderr):
         if rec.cell_type is None:
             raise ValueError(f"record {rec.id!r} has no cell type (tuning is per cell type)")
-        image = rec.load_image()
-        for s in sources:
-            path = out / s["dir"] / f"{rec.id}.npz"
-            if kind == "ensemble":
-                m = model.members[s["member"]]
-                view = tta_apply(s["view"], image)
-                if s["kind"] == "detections":
-                    tta_invert_detections(s["view"], raw_detections(m, view)).save(path)
-                else:
-                    _save_labels(tta_invert_labels(s["view"], m.predict(view, rec.cell_type)), path)
-            elif kind == "maskrcnn":
-                model.predict_raw(image).save(path)
-            elif kind == "cellpose":
-                _save_cellpose_raw(model.predict_raw(image, rec.cell_type), path)
-            else:
-                _save_labels(model.predict(image, rec.cell_type), path)
+        raws = fam.raw_outputs(model, rec.load_image(), rec.cell_type)
+        for s, raw in zip(sources, raws):
+            save_raw(s["format"], raw, out / s["dir"] / f"{rec.id}.npz")
         images.append({"id": rec.id, "cell_type": rec.cell_type, "shape": list(rec.shape)})
     meta = {"format": CACHE_FORMAT, "model_type": kind, "model": str(model_dir),
-            "sources": sources, "defaults": _defaults_of(model, kind), "images": images,
+            "sources": sources, "state": fam.tuning_state(model), "images": images,
             "seconds": round(time.time() - t0, 1)}
     with atomic_open(out / CACHE_FILE) as f:
         f.write(json.dumps(meta, indent=1) + "\n")
@@ -310,10 +120,12 @@ def load_cache(cache_dir) -> dict:
 
     meta = read_json_object(path, "tuning cache index")
     if meta.get("format") != CACHE_FORMAT:
-        raise ValueError(f"{path}: cache format {meta.get('format')!r}, expected {CACHE_FORMAT}")
-    for key in ("model_type", "sources", "defaults", "images"):
+        raise ValueError(f"{path}: cache format {meta.get('format')!r}, expected {CACHE_FORMAT} "
+                         "(make it again with python -m kit.tune cache)")
+    for key in ("model_type", "sources", "state", "images"):
         if key not in meta:
             raise ValueError(f"{path}: missing key {key!r}")
+    family(meta["model_type"])  # a registered family
     return meta
 
 
@@ -323,48 +135,16 @@ def load_cache(cache_dir) -> dict:
 
 def default_params(meta: dict, cell_type: str) -> dict:
     """The flat parameters of ``cell_type`` the cached model used (the "before")."""
-    kind, d = meta["model_type"], meta["defaults"]
-    if kind == "maskrcnn":
-        return {k: d["postprocess"][cell_type][k] for k in PP_KEYS}
-    if kind == "cellpose":
-        return dict(d["cell_types"][cell_type])
-    if kind == "ensemble":
-        cfg = d["config"]
-        tp = cfg[cell_type]
-        out = {k: tp[k] for k in ENS_KEYS}
-        out.update({k: cfg["postprocess"][cell_type][k] for k in PP_KEYS})
-        weights = tp["weights"] or [m["weight"] for m in cfg["members"]]
-        out.update({f"w{i}": float(w) for i, w in enumerate(weights)})
-        return out
-    return {}
+    return family(meta["model_type"]).current_params(meta["state"], cell_type)
 
 
 def tunable_params(meta: dict) -> list[str]:
-    """The parameters the search varies for this cache (module docstring)."""
-    kind = meta["model_type"]
-    if kind == "maskrcnn":
-        return list(MASKRCNN_PARAMS)
-    if kind == "cellpose":
-        return list(CELLPOSE_PARAMS)
-    if kind != "ensemble":
-        return []
-    kinds = [s["kind"] for s in meta["sources"]]
-    n_members = len(meta["defaults"]["config"]["members"])
-    out = []
-    if "detections" in kinds:
-        out += list(MASKRCNN_PARAMS) + ["wbf_iou", "wbf_skip"]
-    n_voters = (1 if "detections" in kinds else 0) + kinds.count("labels")
-    if n_voters > 1:
-        out += ["min_support", "pixel_vote"]
-    if n_members > 1:
-        out += [f"w{i}" for i in range(n_members)]
-    return out
+    """The parameters the search varies for this cache (the family's)."""
+    return family(meta["model_type"]).tunable_params(meta["state"])
 
 
 _MEMO: dict = {}
 _MEMO_MAX = 256
-_FUSED: dict = {}   # fused ensemble detections, by image and fusion parameters
-_FUSED_MAX = 32
 
 
 def _memo(key, make: Callable):
@@ -375,73 +155,16 @@ def _memo(key, make: Callable):
     return _MEMO[key]
 
 
-def _cached(cache_dir: Path, source: dict, image_id: str):
-    path = Path(cache_dir) / source["dir"] / f"{image_id}.npz"
-    return _memo(("src", str(path), path.stat().st_mtime_ns),
-                 lambda: load_source(path, source["kind"]))
-
-
 def render(cache_dir, meta: dict, image_id: str, cell_type: str, params: dict) -> np.ndarray:
     """The (H, W) int32 label image of one cached image with the flat ``params`` (all keys of
     :func:`default_params`). Uses only the cache: no model, no network."""
-    kind = meta["model_type"]
-    sources = meta["sources"]
-    if kind == "maskrcnn":
-        from kit import config as kconfig
-        from kit.postprocess import PostprocessConfig, postprocess
-
-        pp = kconfig.from_dict(PostprocessConfig, meta["defaults"]["postprocess"], "cache defaults")
-        pp = pp.with_params(cell_type, **{k: params[k] for k in PP_KEYS})
-        return postprocess(_cached(cache_dir, sources[0], image_id), cell_type, pp)
-    if kind == "cellpose":
-        from kit.ensemble import tta_invert_labels
-
-        raw = _cached(cache_dir, sources[0], image_id)
-        labels = cellpose_labels(raw, params, meta["defaults"].get("max_size_fraction", 0.4))
-        return tta_invert_labels(sources[0]["view"], labels)
-    if kind == "ensemble":
-        from kit import config as kconfig
-        from kit.ensemble import EnsembleTypeParams, combine, fuse_detections
-        from kit.postprocess import PostprocessConfig
-
-        cfg = meta["defaults"]["config"]
-        n_members = len(cfg["members"])
-        weights = [float(params[f"w{i}"]) for i in range(n_members)]
-        if sum(weights) <= 0:
-            raise ValueError(f"all member weights are 0: {weights}")
-        n_views = {}
-        for s in sources:
-            n_views[s["member"]] = n_views.get(s["member"], 0) + 1
-        dets, labels, det_keys = [], [], []
-        for s in sources:
-            w = weights[s["member"]] / n_views[s["member"]]
-            if w <= 0:
-                continue
-            obj = _cached(cache_dir, s, image_id)
-            if s["kind"] == "detections":
-                dets.append((obj, w))
-                path = Path(cache_dir) / s["dir"] / f"{image_id}.npz"
-                det_keys.append((str(path), path.stat().st_mtime_ns, w))
-            else:
-                labels.append((obj, w))
-        etp = EnsembleTypeParams(weights=tuple(weights), **{k: params[k] for k in ENS_KEYS})
-        pp = kconfig.from_dict(PostprocessConfig, cfg["postprocess"], "cache defaults")
-        pp = pp.with_params(cell_type, **{k: params[k] for k in PP_KEYS})
-        if not dets and not labels:
-            h, w = next(i["shape"] for i in meta["images"] if i["id"] == image_id)
-            return np.zeros((h, w), np.int32)
-        conf = cfg.get("conf_type", "avg")
-        fused = None
-        if dets:   # the fusion depends on few parameters: reuse it across candidates
-            key = (etp.wbf_iou, etp.wbf_skip, conf, tuple(det_keys))
-            if key not in _FUSED:
-                if len(_FUSED) >= _FUSED_MAX:
-                    _FUSED.clear()
-                _FUSED[key] = fuse_detections([d for d, _ in dets], [w for _, w in dets],
-                                              etp.wbf_iou, etp.wbf_skip, conf)
-            fused = _FUSED[key]
-        return combine(dets, labels, cell_type, etp, pp, conf, fused=fused)
-    return _cached(cache_dir, sources[0], image_id)
+    raws, key = [], []
+    for s in meta["sources"]:
+        path = Path(cache_dir) / s["dir"] / f"{image_id}.npz"
+        stamp = (str(path), path.stat().st_mtime_ns)
+        raws.append(_memo(("src",) + stamp, lambda: load_raw(s["format"], path)))
+        key.append(stamp)
+    return family(meta["model_type"]).render(raws, meta["state"], cell_type, params, tuple(key))
 
 
 def _gt_path(gt) -> Path:
@@ -509,19 +232,11 @@ class SearchResult:
         return "\n".join(lines)
 
 
-def _candidates(name: str, current, grids: dict) -> list:
-    grid = grids.get(name) or grids.get("weight" if name.startswith("w") and name[1:].isdigit() else name)
+def _candidates(fam, name: str, current, grids: dict) -> list:
+    grid = grids.get(name) or grids.get(fam.grid_name(name))
     if grid is None:
         raise ValueError(f"no grid for parameter {name!r}; give one with --grid {name}=v1,v2,...")
     return [v for v in grid if v != current]
-
-
-def _valid(meta: dict, cell_type: str, params: dict) -> bool:
-    """Whether a candidate parameter set is admissible (e.g. min_area <= max_area)."""
-    if "min_area" in params and params["min_area"] > params.get("max_area", float("inf")):
-        return False
-    ws = [v for k, v in params.items() if k.startswith("w") and k[1:].isdigit()]
-    return not ws or sum(ws) > 0
 
 
 def search(cache_dir, gt, model_type: str | None = None, n_jobs: int = 1, rounds: int = 2,
@@ -540,7 +255,8 @@ def search(cache_dir, gt, model_type: str | None = None, n_jobs: int = 1, rounds
     if model_type is not None and model_type != kind:
         raise ValueError(f"--model-type {model_type}: the cache in {cache_dir} holds raw outputs of a "
                          f"{kind!r} model")
-    grids = {**GRIDS, **(grids or {})}
+    fam = family(kind)
+    grids = {**fam.grids, **(grids or {})}
     names = tunable_params(meta)
     if params:
         bad = [p for p in params if p not in names]
@@ -581,8 +297,9 @@ def search(cache_dir, gt, model_type: str | None = None, n_jobs: int = 1, rounds
             for rnd in range(rounds):
                 changed = False
                 for name in names:
-                    cands = [{**current, name: v} for v in _candidates(name, current[name], grids)]
-                    cands = [c for c in cands if _valid(meta, ct, c)]
+                    cands = [{**current, name: v}
+                             for v in _candidates(fam, name, current[name], grids)]
+                    cands = [c for c in cands if fam.valid(c, meta["state"], ct)]
                     if not cands:
                         continue
                     scores = evaluate(ct, ids, cands)
@@ -603,40 +320,8 @@ def search(cache_dir, gt, model_type: str | None = None, n_jobs: int = 1, rounds
 
 def tuned_document(meta: dict, result: SearchResult) -> dict:
     """The tuned YAML mapping: the model's own parameters with the tuned cell types replaced."""
-    from kit import config as kconfig
-    from kit.postprocess import PostprocessConfig
-
-    kind = meta["model_type"]
     best = {ct: r.best for ct, r in result.types.items()}
-    if kind == "maskrcnn":
-        pp = kconfig.from_dict(PostprocessConfig, meta["defaults"]["postprocess"], "cache defaults")
-        for ct, p in best.items():
-            pp = pp.with_params(ct, **{k: p[k] for k in PP_KEYS})
-        # tuned per true cell type: the model must use the given type (kit.predict: the
-        # --cell-types file or the folder's classifier), not its detections' class vote
-        return {"model_type": kind, "cell_type": "given", "postprocess": kconfig.to_dict(pp)}
-    if kind == "cellpose":
-        cts = {}
-        for ct in CELL_TYPES:
-            p = best.get(ct, meta["defaults"]["cell_types"][ct])
-            cts[ct] = {k: p[k] for k in CELLPOSE_PARAMS}
-        return {"model_type": kind, "cell_types": cts}
-    if kind == "ensemble":
-        cfg = meta["defaults"]["config"]
-        pp = kconfig.from_dict(PostprocessConfig, cfg["postprocess"], "cache defaults")
-        doc = {"model_type": kind}
-        n = len(cfg["members"])
-        for ct in CELL_TYPES:
-            if ct in best:
-                p = best[ct]
-                pp = pp.with_params(ct, **{k: p[k] for k in PP_KEYS})
-                doc[ct] = {"weights": [float(p[f"w{i}"]) for i in range(n)],
-                           **{k: p[k] for k in ENS_KEYS}}
-            else:
-                doc[ct] = cfg[ct]
-        doc["postprocess"] = kconfig.to_dict(pp)
-        return doc
-    raise ValueError(f"no tuned document for model type {kind!r}")
+    return family(meta["model_type"]).tuned_document(meta["state"], best)
 
 
 def write_outputs(out: Path, meta: dict, result: SearchResult, cache_dir, gt) -> tuple[Path, Path]:
@@ -745,7 +430,9 @@ def _main(argv=None) -> int:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("--cache", type=Path, required=True, help="folder written by 'cache'")
     s.add_argument("--gt", type=Path, required=True, help="train.csv (or its directory)")
-    s.add_argument("--model-type", choices=("maskrcnn", "cellpose", "ensemble"), default=None,
+    from kit.models import registry
+
+    s.add_argument("--model-type", choices=registry.names(), default=None,
                    help="check the cache holds this model type (default: whatever it holds)")
     s.add_argument("--out", type=Path, required=True, help="tuned YAML to write (+ .md table)")
     s.add_argument("--n-jobs", type=int, default=1, help="joblib workers")

@@ -203,7 +203,7 @@ def test_truncated_detectron2_checkpoint(tmp_path):
     torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(64, 3, 7, 7)}}, ckpt)
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     out = tmp_path / "d2"
-    done = run_module("kit.detectron2_keys", ckpt, "--out", out)
+    done = run_module("kit.import_detectron2", ckpt, "--out", out)
     one_line_error(done, 2, str(ckpt), "cannot load this weights file")
     assert not out.exists()
 

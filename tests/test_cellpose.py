@@ -19,8 +19,20 @@ from kit import rle  # noqa: E402
 from kit.config import ConfigError  # noqa: E402
 from kit.data import ImageRecord  # noqa: E402
 from kit.models import cellpose as kcp  # noqa: E402
-from kit.models.cellpose import CellposeConfig, fit, learning_rates, training_labels  # noqa: E402
+from kit.models.cellpose import CellposeConfig, learning_rates, training_labels  # noqa: E402
+from kit.models.cellpose import data as kcp_data  # noqa: E402
+from kit.models.cellpose import network as kcp_network  # noqa: E402
+from kit.models.cellpose import train as kcp_train  # noqa: E402
+from kit.models.family import FitOptions  # noqa: E402
 from tests.conftest import run_module  # noqa: E402
+
+
+def fit(records, out, config, *, log=None, progress=False, resume=False, pretrained=None,
+        pretrain_records=()):
+    """kit.models.cellpose.fit without validation images, options spelled as keywords."""
+    return kcp.fit(records, [], out, FitOptions(config=config, resume=resume, pretrained=pretrained,
+                                                livecell=tuple(pretrain_records),
+                                                progress=progress), log)
 
 SMOKE = kcp.DEFAULT_CONFIG.parent / "cellpose_smoke.yaml"
 # 2 images, 12 epochs of 8 crops of 64 px: enough for the loss to fall clearly (fixed seeds)
@@ -187,11 +199,11 @@ def test_batchnorm_recalibration_restores_eval_mode(trained, records):
 
     _, out, _ = trained
     cfg = tiny_config()
-    data = kcp._prepare(records, 5, torch.device("cpu"), "test", False)
-    net = kcp._new_cellpose_model(17.0, inference=False).net
+    data = kcp_data._prepare(records, 5, torch.device("cpu"), "test", False)
+    net = kcp_network._new_cellpose_model(17.0, inference=False).net
     net.load_state_dict(torch.load(out / kcp.CHECKPOINT, weights_only=False)["net"])  # not recalibrated
     np.random.seed(0)
-    imgi, lbl = kcp._crops(data, [0, 1, 0, 1], 17.0, cfg.train)
+    imgi, lbl = kcp_train._crops(data, [0, 1, 0, 1], 17.0, cfg.train)
     x = torch.from_numpy(imgi)
 
     def loss(model, train):
@@ -213,7 +225,7 @@ def test_resume_after_interruption_continues_from_checkpoint(records, trained, t
     the weights equal those of the uninterrupted run."""
     _, ref_dir, _ = trained
     out = tmp_path / "model"
-    real_epoch = kcp._train_epoch
+    real_epoch = kcp_train._train_epoch
     calls = []
 
     class Crash(RuntimeError):
@@ -225,10 +237,10 @@ def test_resume_after_interruption_continues_from_checkpoint(records, trained, t
             raise Crash("killed")
         return real_epoch(*a, **kw)
 
-    monkeypatch.setattr(kcp, "_train_epoch", crashing_epoch)
+    monkeypatch.setattr(kcp_train, "_train_epoch", crashing_epoch)
     with pytest.raises(Crash):
         fit(records, out, tiny_config(), progress=False)
-    monkeypatch.setattr(kcp, "_train_epoch", real_epoch)
+    monkeypatch.setattr(kcp_train, "_train_epoch", real_epoch)
     assert torch.load(out / kcp.CHECKPOINT, weights_only=False)["epoch"] == 3
     assert len(epoch_rows(out)) == 4  # epoch 4 finished but was not checkpointed
     with pytest.raises(ValueError, match="pass --resume"):
@@ -283,10 +295,12 @@ def test_pretrained_weights_and_stages(records, trained, tmp_path, monkeypatch):
 
 
 def test_kit_train_livecell_options(records, tmp_path):
-    """kit.train's cellpose trainer reads a COCO (LIVECell) json for the pretraining stage."""
+    """kit.train's options read a COCO (LIVECell) json for the cellpose pretraining stage."""
     import argparse
 
-    from kit.train import _fit_cellpose
+    from kit.models.registry import family
+    from kit.runlog import RunLog
+    from kit.train import check_inputs, fit_options
 
     coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "cell"}]}
     for k, r in enumerate(records):
@@ -298,13 +312,16 @@ def test_kit_train_livecell_options(records, tmp_path):
     (tmp_path / "lc.json").write_text(json.dumps(coco))
     cfg = tmp_path / "pre.yaml"
     cfg.write_text(SMOKE.read_text().replace("  epochs:   3\n", "  epochs: 1\n  livecell_epochs: 1\n"))
-    args = argparse.Namespace(config=cfg, epochs=None, livecell=tmp_path / "lc.json",
-                              livecell_images=None, time_budget=None, pretrained=None,
-                              resume=False, quiet=True)
+    args = argparse.Namespace(model="cellpose", config=cfg, epochs=None, livecell=tmp_path / "lc.json",
+                              livecell_images=None, time_budget=None, pretrained=None, folds=None,
+                              resume=False, fresh=False, quiet=True, out=tmp_path / "m")
     with pytest.raises(ValueError, match="--livecell needs --livecell-images"):
-        _fit_cellpose(records, [], args, tmp_path / "m")
+        check_inputs(args)
     args.livecell_images = records[0].image_path.parent
-    _fit_cellpose(records, [], args, tmp_path / "m")
+    check_inputs(args)
+    (tmp_path / "m").mkdir()
+    family("cellpose").fit(records, [], tmp_path / "m", fit_options(args),
+                           RunLog(tmp_path / "m" / "train.log"))
     assert [r["stage"] for r in epoch_rows(tmp_path / "m")] == ["pretrain", "train"]
     events = [json.loads(x) for x in (tmp_path / "m" / "train.log").read_text().splitlines()]
     assert events[0]["event"] == "cellpose_data" and events[0]["n_pretrain"] == 2

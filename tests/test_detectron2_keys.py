@@ -1,4 +1,4 @@
-"""kit.detectron2_keys: the key map against detectron2's own parameter list, and equivalence.
+"""kit.models.maskrcnn.detectron2_keys (and python -m kit.import_detectron2): the key map against detectron2's own parameter list, and equivalence.
 
 detectron2 cannot be installed here, so the "native" side is an independent re-implementation
 of detectron2's R50-FPN Mask R-CNN modules in plain ``torch.nn.functional`` that reads the
@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kit import detectron2_keys as d2k
+from kit import import_detectron2
+from kit.models.maskrcnn import detectron2_keys as d2k
 
 FIXTURE = (Path(__file__).resolve().parent / "fixtures"
            / "detectron2_mask_rcnn_R_50_FPN_3x_state_dict_shapes.json")  # see fixtures/README.md
@@ -288,7 +289,7 @@ def test_import_cli_writes_a_predicting_model_folder(tmp_path, d2_sd):
     torch.save({"model": d2_sd, "iteration": 1}, ckpt)
     cfg = tmp_path / "small.yaml"
     cfg.write_text("model:\n  test_min_size: 96\n  test_max_size: 128\n  box_detections_per_img: 50\n")
-    assert d2k.main([str(ckpt), "--out", str(tmp_path / "m"), "--config", str(cfg)]) == 0
+    assert import_detectron2.main([str(ckpt), "--out", str(tmp_path / "m"), "--config", str(cfg)]) == 0
     model = load_model(tmp_path / "m")
     assert model.config.model.stride_in_1x1 and model.config.model.norm == "frozen_bn"
     assert model.config.model.image_mean == pytest.approx((123.675 / 255, 116.28 / 255, 103.53 / 255))

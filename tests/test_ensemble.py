@@ -1,4 +1,4 @@
-"""kit.ensemble: TTA inverses, WBF through ensemble-boxes, mask averaging, instance vote, folders."""
+"""kit.models.ensemble: TTA inverses, WBF through ensemble-boxes, mask averaging, instance vote, folders."""
 import json
 
 import numpy as np
@@ -6,9 +6,10 @@ import pytest
 from ensemble_boxes import weighted_boxes_fusion
 from scipy import ndimage
 
-from kit.ensemble import (TRANSFORMS, EnsembleConfig, EnsembleModel, EnsembleTypeParams, Member,
-                          _wbf_clusters, combine, fuse_detections, tta_apply,
-                          tta_invert_detections, tta_invert_labels, vote_labels)
+from kit.models.ensemble import (TRANSFORMS, EnsembleConfig, EnsembleModel, EnsembleTypeParams,
+                                 Member, combine, fuse_detections, tta_apply,
+                                 tta_invert_detections, tta_invert_labels, vote_labels)
+from kit.models.ensemble.fusion import _wbf_clusters
 from kit.postprocess import Detections, PostprocessConfig, TypeParams, postprocess
 from tests.conftest import run_module
 
@@ -256,13 +257,16 @@ def test_ensemble_of_tta_views_of_an_exact_model_is_the_model():
     det, lab = SquareDetector(), SquareDetector()
     cfg = EnsembleConfig(members=(Member("a"), Member("b")), tta=tuple(TRANSFORMS),
                          postprocess=PostprocessConfig(cort=TypeParams(score=0.0, nms=1.0, pixel=0.05)))
-    ens = EnsembleModel(cfg, [det, lab], ["detections", "labels"])
+    # members typed by the families whose protocol they follow: a detector fused by WBF (Mask
+    # R-CNN's: predict_raw -> Detections) and a label-image model (the baseline's: predict)
+    ens = EnsembleModel(cfg, [det, lab], ["maskrcnn", "baseline"])
+    assert ens.fusions == ["detections", "labels"]
     dets, labels = ens.sources(img, "cort")
     assert len(dets) == len(labels) == 8 and all(abs(w - 1 / 8) < 1e-12 for _, w in dets)
     out = ens.predict(img, "cort")
     assert _same_partition(out, lab.predict(img, "cort"))
     only_det = EnsembleModel(EnsembleConfig(members=(Member("a"),), tta=tuple(TRANSFORMS),
-                                            postprocess=cfg.postprocess), [det], ["detections"])
+                                            postprocess=cfg.postprocess), [det], ["maskrcnn"])
     np.testing.assert_array_equal(only_det.predict(img, "cort"),
                                   postprocess(det.predict_raw(img), "cort", cfg.postprocess))
     # no cell type given: the fused detections' class vote picks it, as for a Mask R-CNN

@@ -10,9 +10,10 @@ import torch
 
 from kit import config as kconfig
 from kit.models.maskrcnn import (DEFAULT_CONFIG_FILE, MaskRCNNConfig, MaskRCNNModel, ModelConfig,
-                                 build_network, crop_mask_targets, load_config, load_pretrained)
-from kit.models.maskrcnn_data import (InstanceDataset, augment, boxes_of, instance_crops,
+                                 build_network, load_config, load_pretrained)
+from kit.models.maskrcnn.data import (InstanceDataset, augment, boxes_of, instance_crops,
                                       instance_crops_reference)
+from kit.models.maskrcnn.network import crop_mask_targets
 from kit.postprocess import postprocess
 from tests.conftest import run_module
 

@@ -10,8 +10,10 @@ import pytest
 
 from kit import rle
 from kit.postprocess import Detections
-from kit.tune import (apply_tuned, cellpose_labels, load_cache, read_tuned, render, search,
-                      tuned_document)
+from kit.models.family import load_raw, save_raw
+from kit.models.registry import family
+from kit.models.tuned import apply_tuned, read_tuned
+from kit.tune import load_cache, render, search, tuned_document
 from tests.conftest import run_module
 
 torch = pytest.importorskip("torch")
@@ -35,15 +37,13 @@ def write_train_csv(path: Path, gts: dict) -> Path:
     return path
 
 
-def write_cache(cache: Path, kind: str, defaults: dict, items: dict, source_kind: str,
-                save) -> Path:
-    """A cache folder by hand: ``items`` = {id: (cell_type, raw)}; ``save(raw, path)``."""
+def write_cache(cache: Path, kind: str, state: dict, items: dict, fmt: str) -> Path:
+    """A cache folder by hand: ``items`` = {id: (cell_type, raw)}, raws of format ``fmt``."""
     (cache / "s0").mkdir(parents=True)
     for image_id, (_, raw) in items.items():
-        save(raw, cache / "s0" / f"{image_id}.npz")
-    meta = {"format": 1, "model_type": kind, "model": str(cache / "no_such_model"),
-            "sources": [{"member": 0, "view": "id", "kind": source_kind, "dir": "s0"}],
-            "defaults": defaults,
+        save_raw(fmt, raw, cache / "s0" / f"{image_id}.npz")
+    meta = {"format": 2, "model_type": kind, "model": str(cache / "no_such_model"),
+            "sources": [{"format": fmt, "dir": "s0"}], "state": state,
             "images": [{"id": i, "cell_type": ct, "shape": list(SHAPE)} for i, (ct, _) in items.items()]}
     (cache / "cache.json").write_text(json.dumps(meta))
     return cache
@@ -85,8 +85,8 @@ def maskrcnn_cache(tmp_path):
     items, gts = maskrcnn_items()
     gt = write_train_csv(tmp_path / "gt" / "train.csv", gts)
     cache = write_cache(tmp_path / "cache", "maskrcnn",
-                        {"postprocess": kconfig.to_dict(DEFAULT_CONFIG)}, items, "detections",
-                        lambda d, p: d.save(p))
+                        {"postprocess": kconfig.to_dict(DEFAULT_CONFIG), "cell_type": "vote"},
+                        items, "detections")
     return cache, gt
 
 
@@ -96,22 +96,23 @@ SMALL_GRID = {"score": (0.1, 0.2, 0.4, 0.6), "nms": (0.3, 0.5), "pixel": (0.45, 
 
 def forbid_networks(monkeypatch):
     """Every way to build or run a network raises."""
-    import kit.ensemble
     import kit.models
-    import kit.models.cellpose as kcp
-    import kit.models.maskrcnn as kmr
+    import kit.models.cellpose.model as kcp_model
+    import kit.models.maskrcnn.model as kmr_model
 
     def boom(*a, **k):
         raise AssertionError("the search ran a model")
 
     monkeypatch.setattr(kit.models, "load_model", boom)
-    monkeypatch.setattr(kmr, "build_network", boom)
-    monkeypatch.setattr(kmr.MaskRCNNModel, "predict_raw", boom)
-    monkeypatch.setattr(kmr.MaskRCNNModel, "load", boom)
-    monkeypatch.setattr(kcp, "_new_cellpose_model", boom)
-    monkeypatch.setattr(kcp.CellposeSegmenter, "load", boom)
-    monkeypatch.setattr(kcp.CellposeSegmenter, "predict_raw", boom)
-    monkeypatch.setattr(kit.ensemble, "raw_detections", boom)
+    monkeypatch.setattr(kmr_model, "build_network", boom)
+    monkeypatch.setattr(kmr_model.MaskRCNNModel, "predict_raw", boom)
+    monkeypatch.setattr(kmr_model.MaskRCNNModel, "load", boom)
+    monkeypatch.setattr(kcp_model, "_new_cellpose_model", boom)
+    monkeypatch.setattr(kcp_model.CellposeSegmenter, "load", boom)
+    monkeypatch.setattr(kcp_model.CellposeSegmenter, "predict_raw", boom)
+    for name in ("maskrcnn", "cellpose", "ensemble", "baseline"):
+        monkeypatch.setattr(type(family(name)), "predict_raw", boom)
+        monkeypatch.setattr(type(family(name)), "load", boom)
 
 
 def test_search_improves_maskrcnn_map_without_any_model(maskrcnn_cache, monkeypatch):
@@ -127,7 +128,7 @@ def test_search_improves_maskrcnn_map_without_any_model(maskrcnn_cache, monkeypa
     meta = load_cache(cache)
     doc = tuned_document(meta, res)
     assert doc["postprocess"]["shsy5y"]["score"] == sh.best["score"]
-    assert doc["postprocess"]["astro"] == meta["defaults"]["postprocess"]["astro"]
+    assert doc["postprocess"]["astro"] == meta["state"]["postprocess"]["astro"]
     with pytest.raises(ValueError, match="holds raw outputs of a 'maskrcnn' model"):
         search(cache, gt, "cellpose")
 
@@ -195,21 +196,18 @@ def disks(k: int) -> np.ndarray:
 
 
 def test_cellpose_search_on_cached_flows(tmp_path, monkeypatch):
-    from kit.tune import _load_cellpose_raw, _save_cellpose_raw
-
     gts, items = {}, {}
     for k, ct in enumerate(["cort", "astro"]):
         gts[f"c{k}"] = (ct, disks(k))
         items[f"c{k}"] = (ct, cellpose_raw(disks(k)))
     gt = write_train_csv(tmp_path / "train.csv", gts)
     # the model's thresholds: cellprob 3 > every logit, so nothing is found
-    defaults = {"cell_types": {ct: {"diameter": "size_model", "flow_threshold": 0.6,
+    state = {"cell_types": {ct: {"diameter": "size_model", "flow_threshold": 0.6,
                                     "cellprob_threshold": 3.0, "min_size": 15, "niter": None}
                                for ct in ("shsy5y", "astro", "cort")},
                 "max_size_fraction": 0.4}
-    cache = write_cache(tmp_path / "cache", "cellpose", defaults, items, "cellpose",
-                        _save_cellpose_raw)
-    back = _load_cellpose_raw(cache / "s0" / "c0.npz")
+    cache = write_cache(tmp_path / "cache", "cellpose", state, items, "arrays")
+    back = load_raw("arrays", cache / "s0" / "c0.npz")
     assert back["shape"] == SHAPE and back["diameter_source"] == "config"
     forbid_networks(monkeypatch)
     res = search(cache, gt, "cellpose", n_jobs=1, rounds=1,
@@ -225,11 +223,12 @@ def test_cellpose_search_on_cached_flows(tmp_path, monkeypatch):
     assert labels.max() == 4
 
 
-def test_cellpose_adapter_equals_the_models_postprocess_raw():
+def test_cellpose_family_renders_what_the_model_postprocesses():
     import kit.models.cellpose as kcp
+    from kit.models.cellpose.network import _new_cellpose_model
 
     cfg = kcp.CellposeConfig(diam_mean=17.0)
-    cp = kcp._new_cellpose_model(cfg.diam_mean, inference=True)
+    cp = _new_cellpose_model(cfg.diam_mean, inference=True)
     model = kcp.CellposeSegmenter(cp, cfg, {ct: {"diameter": 17.0} for ct in ("shsy5y", "astro", "cort")},
                                   None)
     raw = cellpose_raw(disks(0), logit=1.0)
@@ -237,8 +236,10 @@ def test_cellpose_adapter_equals_the_models_postprocess_raw():
     raw["dP"] = raw["dP"] + rng.normal(0, 1.0, raw["dP"].shape).astype(np.float32)
     for params in ({"cellprob_threshold": 0.0, "flow_threshold": 0.4, "min_size": 15},
                    {"cellprob_threshold": -0.5, "flow_threshold": 0.0, "min_size": 0}):
-        np.testing.assert_array_equal(cellpose_labels(raw, params, cfg.inference.max_size_fraction),
-                                      model.postprocess_raw(raw, params))
+        fam = family("cellpose")
+        np.testing.assert_array_equal(
+            fam.postprocess_raw(raw, "cort", params, fam.tuning_state(model)),
+            model.postprocess_raw(raw, params))
     tuned = {"model_type": "cellpose", "cell_types": {"astro": {"cellprob_threshold": -2.0}}}
     apply_tuned(model, tuned)
     assert model.config.cell_types["astro"].cellprob_threshold == -2.0
@@ -274,9 +275,8 @@ def tiny_models(tmp_path_factory, synth_dir):
 
 def test_cache_of_an_ensemble_then_search_without_the_models(tiny_models, synth_dir, tmp_path,
                                                              monkeypatch):
-    import kit.ensemble
-    from kit.ensemble import make_ensemble
     from kit.models import load_model
+    from kit.models.ensemble import make_ensemble
 
     d, folds = tiny_models
     work = tmp_path / "models"
@@ -287,21 +287,22 @@ def test_cache_of_an_ensemble_then_search_without_the_models(tiny_models, synth_
                       "--folds", folds, "--max-images", "1", "--out", cache, "--quiet")
     assert done.returncode == 0, done.stderr
     meta = load_cache(cache)
-    assert [s["kind"] for s in meta["sources"]] == ["detections", "labels"] * 2
+    assert [s["format"] for s in meta["sources"]] == ["detections", "labels"] * 2
     assert len(meta["images"]) == 1 and len(list((cache / "s0").glob("*.npz"))) == 1
     # the cache renders what the ensemble predicts (the "before" is the model's own output), up
     # to the float16 the cache stores mask probabilities in (Detections.save)
     from kit.data import read_competition_dir
     from kit.tune import default_params
 
-    raw = kit.ensemble.raw_detections
+    detector = type(family("maskrcnn"))
+    raw = detector.predict_raw
 
     def float16_masks(*a, **k):
         d = raw(*a, **k)
         d.masks = d.masks.astype(np.float16).astype(np.float32)
         return d
 
-    monkeypatch.setattr(kit.ensemble, "raw_detections", float16_masks)
+    monkeypatch.setattr(detector, "predict_raw", float16_masks)
     rec = {r.id: r for r in read_competition_dir(synth_dir).train}[meta["images"][0]["id"]]
     model = load_model(ens)
     np.testing.assert_array_equal(
@@ -323,7 +324,7 @@ def test_cache_of_an_ensemble_then_search_without_the_models(tiny_models, synth_
 
 
 def test_tuned_yaml_in_a_model_folder_is_applied_by_load_model(tiny_models, tmp_path):
-    from kit.ensemble import make_ensemble
+    from kit.models.ensemble import make_ensemble
     from kit.models import load_model
 
     d, _ = tiny_models
@@ -343,7 +344,7 @@ def test_predict_applies_a_tuned_yaml(tiny_models, synth_dir, tmp_path):
     import dataclasses
 
     from kit.data import read_competition_dir
-    from kit.ensemble import make_ensemble
+    from kit.models.ensemble import make_ensemble
     from kit.models.baseline import DEFAULT_PARAMS, BaselineModel
     from kit.predict import run
     from kit.submission import read_predictions

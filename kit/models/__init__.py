@@ -1,7 +1,9 @@
-"""Models: the classical baseline and trained models. A model is one folder.
+"""Models: the classical baseline, trained models and ensembles. A model is one folder.
 
-Every model folder holds ``model.json`` with at least ``{"type": NAME}``; :func:`load_model`
-reads the type and hands the folder to that model's ``load``. A loaded model has
+Every model folder holds ``model.json`` with at least ``{"type": NAME}``, NAME being a model
+family registered in :mod:`kit.models.registry` (the protocol: :mod:`kit.models.family`);
+:func:`load_model` reads the type and hands the folder to that family's ``load``. A loaded
+model has
 ``predict(image: (H, W) uint8, cell_type: str) -> (H, W) int32 label image`` (0 = background,
 non-overlapping). A folder may also hold ``celltype.joblib`` (:mod:`kit.celltype`), used when
 an image's cell type is not given, and ``tuned.yaml`` (written by ``python -m kit.tune search``):
@@ -9,21 +11,13 @@ post-processing parameters that :func:`load_model` applies on top of the folder'
 """
 from __future__ import annotations
 
-import importlib
 import json
 from contextlib import contextmanager
 from pathlib import Path
 
 from kit.errors import KitError, ModelError, one_line
 
-# type name -> "module:class"; the class has classmethod load(folder).
-MODEL_TYPES = {
-    "baseline": "kit.models.baseline:BaselineModel",
-    "maskrcnn": "kit.models.maskrcnn:MaskRCNNModel",
-    "cellpose": "kit.models.cellpose:CellposeSegmenter",
-    "ensemble": "kit.ensemble:EnsembleModel",
-}
-TUNED_FILE = "tuned.yaml"
+from kit.models.tuned import TUNED_FILE
 
 
 @contextmanager
@@ -56,9 +50,11 @@ def model_type(folder) -> str:
     path = Path(folder) / "model.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: not a model folder (no model.json)")
+    from kit.models import registry
+
     kind = read_json_object(path, "model.json").get("type")
-    if kind not in MODEL_TYPES:
-        raise ModelError(f"{path}: unknown model type {kind!r}; known types: {sorted(MODEL_TYPES)}")
+    if not isinstance(kind, str) or kind not in registry.FAMILIES:
+        raise ModelError(f"{path}: unknown model type {kind!r}; known types: {registry.names()}")
     return kind
 
 
@@ -100,13 +96,14 @@ def check_image(image):
 
 def load_model(folder, tuned: bool = True):
     """Load the model stored in ``folder`` (see module docstring); with ``tuned``, apply
-    ``folder/tuned.yaml`` when it exists (:func:`kit.tune.apply_tuned`)."""
-    kind = model_type(folder)
-    module, cls = MODEL_TYPES[kind].split(":")
-    with model_file(Path(folder) / "model.json", f"{kind} model folder"):
-        model = getattr(importlib.import_module(module), cls).load(folder)
-    if tuned and (Path(folder) / TUNED_FILE).is_file():
-        from kit.tune import apply_tuned
+    ``folder/tuned.yaml`` when it exists (:func:`kit.models.tuned.apply_tuned`)."""
+    from kit.models import registry
+    from kit.models.tuned import apply_tuned
 
+    kind = model_type(folder)
+    fam = registry.family(kind)
+    with model_file(Path(folder) / "model.json", f"{kind} model folder"):
+        model = fam.load(Path(folder))
+    if tuned and (Path(folder) / TUNED_FILE).is_file():
         apply_tuned(model, Path(folder) / TUNED_FILE, kind)
     return model

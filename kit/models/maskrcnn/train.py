@@ -8,7 +8,7 @@ kit or detectron2 weights, :func:`kit.models.maskrcnn.load_pretrained`) initiali
 stage. Nothing is downloaded.
 
 Per iteration: flips/rot90 + multi-scale (+ optional random crop) samples
-(:mod:`kit.models.maskrcnn_data`), SGD or AdamW with linear warm-up then cosine/step decay,
+(:mod:`kit.models.maskrcnn.data`), SGD or AdamW with linear warm-up then cosine/step decay,
 AMP on CUDA, gradient clipping; a non-finite loss skips the step (``max_nonfinite`` in a row
 abort the run). Files in ``--out``:
 
@@ -16,10 +16,11 @@ abort the run). Files in ``--out``:
   norm, finite flag, instances in the batch, seconds;
 * ``checkpoints/last.pt`` -- written after every epoch (model, optimizer, AMP scaler, stage,
   epoch, iteration, best score): ``--resume`` continues from it;
-* ``eval.csv`` -- held-out MAP (:mod:`kit.metric`) every ``train.eval_every`` epochs and after
-  the last; the best epoch's weights are the model folder's ``model.pt`` + ``model.json``.
-  A held-out image without predictions scores 0 (the metric's rule), so the MAP is never NaN;
-  with no held-out images the last epoch is kept;
+* ``eval.csv`` -- validation MAP (:mod:`kit.metric`) every ``train.eval_every`` epochs and
+  after the last, on the validation images ``fit`` is given (``kit.train``: an inner split of
+  the training folds, never the held-out fold); the best epoch's weights are the model
+  folder's ``model.pt`` + ``model.json``. A validation image without predictions scores 0
+  (the metric's rule), so the MAP is never NaN; with no validation images the last epoch is kept;
 * ``livecell_model.pt`` -- the LIVECell stage's final weights; ``train.log`` events.
 
 ``--time-budget MINUTES`` stops a stage after the first epoch that ends past the budget
@@ -38,7 +39,11 @@ import numpy as np
 
 from kit.atomic import atomic_torch_save
 from kit.models import torch_device
-from kit.models.maskrcnn import MaskRCNNConfig, MaskRCNNModel, build_network, load_config, load_pretrained
+from kit.models.family import FitOptions
+from kit.models.maskrcnn.config import MaskRCNNConfig, load_config
+from kit.models.maskrcnn.model import MaskRCNNModel
+from kit.models.maskrcnn.network import build_network
+from kit.models.maskrcnn.weights import load_pretrained
 
 __all__ = ["fit", "lr_at", "evaluate", "livecell_classes"]
 
@@ -130,11 +135,11 @@ class _Trainer:
         self.ckpt = out / "checkpoints" / "last.pt"
 
     def run_stage(self, stage: str, records, classes, label_of, epochs: int, *, init=None,
-                  resume=None, held_out=(), best=None, deadline=None):
+                  resume=None, val=(), best=None, deadline=None):
         """Train one stage; returns the best-eval record ``{"map", "epoch"}`` (or None)."""
         import torch
 
-        from kit.models.maskrcnn_data import InstanceDataset, collate
+        from kit.models.maskrcnn.data import InstanceDataset, collate
 
         cfg, tcfg = self.cfg, self.cfg.train
         mcfg = dataclasses.replace(cfg.model, classes=tuple(classes))
@@ -217,9 +222,9 @@ class _Trainer:
             self.log("epoch", stage=stage, epoch=done, iteration=iteration,
                      seconds=round(time.time() - t_epoch, 1))
             out_of_time = deadline is not None and time.time() >= deadline and done < epochs
-            if stage == "sartorius" and held_out and (done % tcfg.eval_every == 0 or done == epochs
+            if stage == "sartorius" and val and (done % tcfg.eval_every == 0 or done == epochs
                                                       or out_of_time):
-                best = self._evaluate(stage_cfg, net, held_out, stage, done, iteration, best)
+                best = self._evaluate(stage_cfg, net, val, stage, done, iteration, best)
             atomic_torch_save({"stage": stage, "epoch": done, "iteration": iteration,
                           "model": net.state_dict(), "optimizer": opt.state_dict(),
                           "scaler": scaler.state_dict() if use_amp else None, "best": best,
@@ -230,18 +235,18 @@ class _Trainer:
                 break
         return net, stage_cfg, best
 
-    def _evaluate(self, stage_cfg, net, held_out, stage, epoch, iteration, best):
+    def _evaluate(self, stage_cfg, net, val, stage, epoch, iteration, best):
         t0 = time.time()
         tcfg = self.cfg.train
-        recs = list(held_out)[: tcfg.eval_max_images or None]
+        recs = list(val)[: tcfg.eval_max_images or None]
         model = MaskRCNNModel(stage_cfg, net, self.device)
         res = evaluate(model, recs)
         net.train()
         improved = best is None or res["map"] > best["map"]
         if improved:
             best = {"map": res["map"], "epoch": epoch, "by_cell_type": res["by_cell_type"]}
-            model.extra = {"trained": {"best_epoch": epoch, "held_out_map": res["map"],
-                                       "held_out_images": res["n_images"],
+            model.extra = {"trained": {"best_epoch": epoch, "val_map": res["map"],
+                                       "val_images": res["n_images"],
                                        "by_cell_type": res["by_cell_type"]}}
             model.save(self.out)
         self.eval_csv(stage=stage, epoch=epoch, iteration=iteration, map=res["map"],
@@ -253,31 +258,31 @@ class _Trainer:
         return best
 
 
-def fit(train_records, held_out_records, args, out: Path) -> MaskRCNNModel:
-    """The ``kit.train`` trainer: stages, checkpoints, evaluation; returns the best model."""
+def fit(train_records, val_records, out: Path, options: FitOptions = FitOptions(),
+        log=None) -> MaskRCNNModel:
+    """The family protocol's ``fit``: stages, checkpoints, evaluation on ``val_records`` (an
+    inner split of the training images: it chooses the best epoch); returns the best model.
+    ``options.config``: a :class:`MaskRCNNConfig`, a YAML path or None (the default YAML)."""
     import torch
 
-    from kit.train import RunLog
-
     out = Path(out)
-    cfg = load_config(getattr(args, "config", None))
-    epochs = getattr(args, "epochs", None)
-    if epochs is not None:
-        if epochs < 0:
-            raise ValueError(f"--epochs must be >= 0, got {epochs}")
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
-    log = RunLog(out / "train.log")
-    budget = getattr(args, "time_budget", None)
-    deadline = None if budget is None else time.time() + 60.0 * budget
+    cfg = options.config if isinstance(options.config, MaskRCNNConfig) else load_config(options.config)
+    if options.epochs is not None:
+        if options.epochs < 0:
+            raise ValueError(f"--epochs must be >= 0, got {options.epochs}")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=options.epochs))
+    log = log or (lambda event, **fields: None)
+    budget = options.time_budget_s
+    deadline = None if budget is None else time.time() + budget
     device = torch_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     trainer = _Trainer(cfg, out, log, device)
     state = None
-    if getattr(args, "resume", False):
+    if options.resume:
         if not trainer.ckpt.is_file():
             raise ValueError(f"--resume: no checkpoint at {trainer.ckpt}")
         state = torch.load(trainer.ckpt, map_location="cpu", weights_only=True)
-    pretrained = getattr(args, "pretrained", None)
+    pretrained = options.pretrained
     if pretrained is not None and not Path(pretrained).is_file():
         raise FileNotFoundError(f"--pretrained: file not found: {pretrained}")
     classes = list(cfg.model.classes)
@@ -285,21 +290,15 @@ def fit(train_records, held_out_records, args, out: Path) -> MaskRCNNModel:
     if unknown:
         raise ValueError(f"train images of cell type(s) {unknown} are not in model.classes {classes}")
 
-    livecell = getattr(args, "livecell", None)
-    if livecell is not None and cfg.train.livecell_epochs == 0:
+    lc = list(options.livecell)
+    if lc and cfg.train.livecell_epochs == 0:
         log("livecell_skipped", reason="train.livecell_epochs is 0")
     init = pretrained
-    if livecell is not None and cfg.train.livecell_epochs > 0:
-        from kit.data import read_coco
-
-        lc_images = getattr(args, "livecell_images", None)
-        if lc_images is None:
-            raise ValueError("--livecell needs --livecell-images (the folder of its .tif images)")
+    if lc and cfg.train.livecell_epochs > 0:
         lc_path = out / "livecell_model.pt"
         if state is not None and state["stage"] == "sartorius":
             init = None  # LIVECell stage already done
         else:
-            lc = read_coco(livecell, lc_images, source="livecell")
             names, label = livecell_classes(lc, cfg.train.livecell_labels)
             resume = state if state is not None and state["stage"] == "livecell" else None
             net, _, _ = trainer.run_stage("livecell", lc, names, lambda r: label[r.id],
@@ -312,10 +311,10 @@ def fit(train_records, held_out_records, args, out: Path) -> MaskRCNNModel:
     resume = state if state is not None and state["stage"] == "sartorius" else None
     net, stage_cfg, best = trainer.run_stage(
         "sartorius", train_records, classes, lambda r: classes.index(r.cell_type) + 1,
-        cfg.train.epochs, init=init, resume=resume, held_out=held_out_records, deadline=deadline)
-    if best is None:  # no held-out images (or no epochs): keep the last weights
+        cfg.train.epochs, init=init, resume=resume, val=list(val_records), deadline=deadline)
+    if best is None:  # no validation images (or no epochs): keep the last weights
         MaskRCNNModel(stage_cfg, net, "cpu", extra={"trained": {"best_epoch": None}}).save(out)
-        log("saved_last", reason="no held-out evaluation")
+        log("saved_last", reason="no validation images")
     else:
         log("best", **best)
     return MaskRCNNModel.load(out, device=str(device))

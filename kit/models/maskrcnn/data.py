@@ -6,7 +6,7 @@ bounding-box crop, top-left aligned, with a zero border of >= 1 px; ``hc, wc`` =
 box of the image) plus, per instance, the image coordinates ``(x, y)`` of its array pixel
 ``(0, 0)``. Flips / rot90 / cropping act on that array and its origins; scaling acts on the
 image only (the masks stay at image resolution and ``mask_scale`` maps network boxes back, see
-:func:`kit.models.maskrcnn.crop_mask_targets`).
+:func:`kit.models.maskrcnn.network.crop_mask_targets`).
 
 A sample is ``(image (3, h, w) float32 in [0, 1], target)`` with target ``boxes`` (G, 4)
 float32 in network pixels, ``labels`` (G,) int64 (1..K), ``masks`` (G, ha, wa) uint8,

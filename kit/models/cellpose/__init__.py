@@ -1,0 +1,68 @@
+"""Cellpose 3.x (CPnet flows + SizeModel) as a kit model: fit on a fold, one model folder, inference.
+
+Training (:func:`fit`)
+    * Ground truth -> one label image per image by :func:`training_labels`: train.csv masks
+      overlap, a label image cannot, so masks are painted **largest first, smallest last** (a
+      smaller mask wins where it overlaps a larger one, so small cells are not swallowed; equal
+      areas keep file order, the later one winning). A mask covered entirely by smaller ones
+      disappears.
+    * Images go through cellpose's own preprocessing (:func:`net_input`: channels ``[0, 0]``,
+      1st-99th percentile normalisation), labels through ``dynamics.labels_to_flows``; images with
+      fewer than ``train.min_train_masks`` masks are skipped (cellpose's rule).
+    * The epoch loop is ours, on cellpose's network, augmentation
+      (``transforms.random_rotate_and_resize``, cells rescaled to ``diam_mean``) and loss
+      (:func:`seg_loss`, the same as cellpose 3.1's). Owning the loop gives exact resume: every
+      ``train.save_every`` epochs ``checkpoint.pt`` holds the weights, the optimiser state and the
+      epoch; the random streams are re-seeded from ``(train.seed, epoch)`` at every epoch, so an
+      interrupted run resumed from its checkpoint computes the same weights as one uninterrupted
+      run. Learning rates: :func:`learning_rates` (cellpose 3.1's schedule).
+    * Optional first stage: ``train.livecell_epochs`` epochs on extra images (LIVECell via
+      ``kit.data.read_coco``), then ``train.epochs`` on the competition images, with a fresh
+      optimiser and schedule per stage.
+    * Then the BatchNorm statistics are recomputed with the final weights
+      (:func:`recalibrate_batchnorm`; after a short run the running statistics trail the weights
+      and the eval-mode network is far off), the SizeModel is fitted by cellpose's
+      ``train.train_size`` on the final network (style vector -> log diameter, ridge
+      regression), and the per-cell-type median diameter of the training images is kept as the
+      fallback.
+
+Inference (:class:`CellposeSegmenter`)
+    ``predict(image, cell_type)`` = ``postprocess_raw(predict_raw(image, cell_type), cell_type)``:
+    ``predict_raw`` runs the network once at the image's diameter and returns the raw outputs
+    (flows, cell probability, style vector, the diameter and where it came from);
+    ``postprocess_raw`` runs cellpose's dynamics with the cell type's thresholds. A tuning step can
+    cache ``predict_raw`` and search thresholds with ``postprocess_raw`` alone.
+    The diameter of an image (per cell type, ``cell_types.<type>.diameter``): a fixed number, the
+    training-fold ``median`` of that cell type, or ``size_model``: the style vector of the image at
+    its native scale (the scale ``train_size`` learned from) through the regression, refined like
+    cellpose's ``SizeModel.eval`` by segmenting at that estimate and measuring the masks; an
+    estimate that is not finite or lies outside ``[median / max_ratio, median * max_ratio]`` falls
+    back to the median. Output: ``(H, W)`` int32 labels ``1..N``, non-overlapping.
+
+The model folder
+    ``model.json`` (``{"type": "cellpose", "config", "diameters", "training", "versions"}``; its
+    ``config`` is what inference reads), ``cellpose_net`` (CPnet ``state_dict``, cellpose's own
+    format: ``cellpose --pretrained_model`` reads it) and ``cellpose_net_size.npy`` (cellpose's
+    size-model format), ``config.yaml`` (verbatim copy of the YAML used), ``epochs.csv`` (one row
+    per epoch: stage, learning rate, losses, seconds), ``checkpoint.pt`` (for ``--resume``).
+
+Downloads never happen: the network is built with ``pretrained_model=False`` and weights are
+loaded by us from paths checked to exist (cellpose 3.x silently tries to download a built-in
+model when handed a path that does not exist).
+"""
+from __future__ import annotations
+
+from kit.models.cellpose.config import (CHECKPOINT, CONFIG_COPY, DEFAULT_CONFIG, EPOCH_LOG,
+                                        SIZE_MODEL, WEIGHTS, CellposeConfig, CellTypeConfig,
+                                        InferenceConfig, SizeModelConfig, TrainConfig,
+                                        load_config, renamed_keys)
+from kit.models.cellpose.data import net_input, training_labels
+from kit.models.cellpose.model import CellposeSegmenter, labels_from_raw
+from kit.models.cellpose.train import fit, learning_rates, recalibrate_batchnorm, seg_loss
+
+__all__ = [
+    "CellposeConfig", "TrainConfig", "SizeModelConfig", "InferenceConfig", "CellTypeConfig",
+    "DEFAULT_CONFIG", "WEIGHTS", "SIZE_MODEL", "CHECKPOINT", "EPOCH_LOG", "CONFIG_COPY",
+    "load_config", "renamed_keys", "training_labels", "net_input", "seg_loss", "learning_rates",
+    "recalibrate_batchnorm", "fit", "CellposeSegmenter", "labels_from_raw",
+]

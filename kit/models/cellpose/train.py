@@ -1,0 +1,484 @@
+"""Cellpose training: the epoch loop on cellpose's network, loss and augmentation, exact resume
+from ``checkpoint.pt``, BatchNorm recalibration, the SizeModel and the model folder."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from kit import package_versions
+from kit.atomic import atomic_open, atomic_torch_save
+from kit.models import torch_device
+from kit.models.cellpose.config import (CHECKPOINT, CONFIG_COPY, DEFAULT_CONFIG, EPOCH_COLUMNS,
+                                        EPOCH_LOG, SIZE_MODEL, WEIGHTS, CellposeConfig,
+                                        SizeModelConfig, TrainConfig, _train_section, load_config)
+from kit.models.cellpose.data import _ImageSet, _median_diameters, _prepare
+from kit.models.cellpose.model import CellposeSegmenter
+from kit.models.cellpose.network import _load_state_dict, _new_cellpose_model, _resolve_weights
+from kit.models.family import FitOptions
+
+
+def seg_loss(lbl: np.ndarray, y, device=None):
+    """cellpose 3.1's training loss (``train._loss_fn_seg``): MSE between the predicted flows
+    and 5x the true flows, halved, plus BCE-with-logits of the cell probability.
+
+    ``lbl``: (B, 3, h, w) targets (cell probability, Y flow, X flow); ``y``: (B, 3, h, w)
+    network output (Y flow, X flow, cell-probability logit).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    device = y.device if device is None else device
+    lbl = torch.from_numpy(np.ascontiguousarray(lbl)).to(device)
+    loss = F.mse_loss(y[:, :2], 5.0 * lbl[:, 1:]) / 2.0
+    return loss + F.binary_cross_entropy_with_logits(y[:, -1], (lbl[:, 0] > 0.5).float())
+
+
+def learning_rates(n_epochs: int, lr: float, warmup_epochs: int = 10) -> np.ndarray:
+    """(n_epochs,) learning rate of every epoch: cellpose 3.1 ``train_seg``'s schedule.
+
+    Linear warm-up over ``w = min(warmup_epochs, n_epochs)`` epochs (``lr * k / w`` at epoch
+    ``k - 1``; cellpose starts from exactly 0, which wastes epoch 0, and a run shorter than its
+    warm-up never reaches ``lr``), then ``lr``; runs longer than 300 epochs halve it every 10
+    epochs over the last 100, runs longer than 100 every 5 over the last 50.
+    """
+    rates = np.full(n_epochs, float(lr))
+    w = min(warmup_epochs, n_epochs)
+    if w:
+        rates[:w] = lr * np.arange(1, w + 1) / w
+    if n_epochs > 300:
+        tail, step = 100, 10
+    elif n_epochs > 100:
+        tail, step = 50, 5
+    else:
+        return rates
+    for k in range(10):
+        rates[n_epochs - tail + k * step: n_epochs - tail + (k + 1) * step] = lr / 2 ** (k + 1)
+    return rates
+
+
+def _write_json(obj, path: Path) -> None:
+    with atomic_open(path) as f:
+        f.write(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+class _EpochLog:
+    """``epochs.csv``: one row per finished epoch; rows after a checkpoint are dropped on resume."""
+
+    def __init__(self, path: Path, keep_through: int):
+        self.path = path
+        rows = []
+        if keep_through > 0 and path.is_file():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, EPOCH_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, **row) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, EPOCH_COLUMNS).writerow(row)
+
+
+def _seed_all(seed: int, epoch: int) -> None:
+    import torch
+
+    s = (seed * 1_000_003 + epoch) % 2 ** 32
+    np.random.seed(s)  # cellpose's augmentation draws from numpy's global generator
+    torch.manual_seed(s)
+
+
+def _make_optimizer(net, cfg: TrainConfig):
+    import torch
+
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _crops(data: _ImageSet, inds, diam_mean: float, cfg: TrainConfig):
+    from cellpose import transforms
+
+    xs, ys = data.batch(inds)
+    rescale = np.array([data.diam[i] for i in inds]) / diam_mean
+    imgi, lbl = transforms.random_rotate_and_resize(xs, Y=ys, rescale=rescale,
+                                                    scale_range=cfg.scale_range,
+                                                    xy=(cfg.bsize, cfg.bsize))[:2]
+    return imgi, lbl
+
+
+def _train_epoch(net, opt, data: _ImageSet, lr: float, diam_mean: float, cfg: TrainConfig) -> tuple:
+    import torch
+
+    n = len(data)
+    if cfg.nimg_per_epoch is None or cfg.nimg_per_epoch == n:
+        order = np.random.permutation(n)
+    else:
+        order = np.random.choice(n, size=cfg.nimg_per_epoch, replace=True)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    net.train()
+    total, count = 0.0, 0
+    for k in range(0, len(order), cfg.batch_size):
+        inds = order[k:k + cfg.batch_size]
+        imgi, lbl = _crops(data, inds, diam_mean, cfg)
+        y = net(torch.from_numpy(imgi).to(net.device))[0]
+        loss = seg_loss(lbl, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += float(loss.item()) * len(inds)
+        count += len(inds)
+    return total / max(count, 1), count
+
+
+def _val_loss(net, data: _ImageSet, diam_mean: float, cfg: TrainConfig) -> float:
+    import torch
+
+    np.random.seed((cfg.seed * 7919 + 12345) % 2 ** 32)  # the same crops every time
+    net.eval()
+    total = 0.0
+    with torch.no_grad():
+        for k in range(0, len(data), cfg.batch_size):
+            inds = list(range(k, min(k + cfg.batch_size, len(data))))
+            imgi, lbl = _crops(data, inds, diam_mean, cfg)
+            y = net(torch.from_numpy(imgi).to(net.device))[0]
+            total += float(seg_loss(lbl, y).item()) * len(inds)
+    return total / max(len(data), 1)
+
+
+def recalibrate_batchnorm(net, data: _ImageSet, diam_mean: float, cfg: TrainConfig) -> int:
+    """Re-estimate every BatchNorm running mean/variance of ``net`` with its final weights.
+
+    BatchNorm layers keep running statistics with momentum 0.05 (CPnet): they trail the weights
+    by ~20 steps. At the end of a long run (cellpose's 500 epochs) the weights barely move and
+    the trail does not matter; after a short one (a CPU budget, a smoke test) the eval-mode
+    network is far off its train-mode self (here: loss 1.17 in eval mode against 0.43 in train
+    mode after 130 steps; 0.43 after recalibration). So the statistics are recomputed as plain
+    averages over ``cfg.bn_recalibration_crops`` training crops, at most 8 per training image
+    (forward passes only, like ``torch.optim.swa_utils.update_bn``). Returns the number of crops
+    used (0 = skipped).
+    """
+    import torch
+
+    n = min(cfg.bn_recalibration_crops, max(len(data), 1) * 8)
+    layers = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not n or not layers or not len(data):
+        return 0
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    np_state = np.random.get_state()
+    np.random.seed((cfg.seed * 7919 + 4242) % 2 ** 32)
+    try:
+        net.train()
+        with torch.no_grad():
+            inds = np.random.choice(len(data), size=n, replace=n > len(data))
+            for k in range(0, n, cfg.batch_size):
+                imgi, _ = _crops(data, inds[k:k + cfg.batch_size], diam_mean, cfg)
+                net(torch.from_numpy(imgi).to(net.device))
+    finally:
+        np.random.set_state(np_state)
+        for m, mom in zip(layers, momenta):
+            m.momentum = mom
+        net.eval()
+    return n
+
+
+@dataclass
+class _Run:
+    """What one :func:`fit` call works on: config, folder, data, network, and how far it got."""
+
+    cfg: CellposeConfig
+    out: Path
+    data: _ImageSet
+    pre: _ImageSet | None
+    val: _ImageSet | None
+    net: object
+    device: object
+    pretrained: Path | None
+    done: int = 0                 # epochs finished (of every stage)
+    opt_state: dict | None = None  # optimiser state restored from the checkpoint
+    seconds_before: float = 0.0   # training seconds of earlier calls (resume)
+    stopped: str | None = None    # why training stopped early ("time budget", "epoch budget")
+
+    @property
+    def stages(self) -> list:
+        """``(name, epochs, images)`` of each stage: LIVECell pretraining (if any), then train."""
+        t = self.cfg.train
+        return ([("pretrain", t.livecell_epochs, self.pre)] if self.pre is not None else []) + \
+            [("train", t.epochs, self.data)]
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(n for _, n, _ in self.stages)
+
+    def save_checkpoint(self, opt, seconds: float) -> None:
+        atomic_torch_save({"epoch": self.done, "net": self.net.state_dict(),
+                           "optimizer": opt.state_dict() if opt is not None else None,
+                           "train_config": _train_section(self.cfg), "train_ids": self.data.ids,
+                           "pretrained": str(self.pretrained) if self.pretrained else None,
+                           "train_seconds": seconds}, self.out / CHECKPOINT)
+
+
+def resolve_config(config) -> tuple[CellposeConfig, Path | None]:
+    """``(config, its YAML path or None)`` of a :class:`kit.models.family.FitOptions` ``config``:
+    a :class:`CellposeConfig`, a YAML path, or None (the default YAML)."""
+    if isinstance(config, CellposeConfig):
+        return config, None
+    path = Path(config) if config is not None else DEFAULT_CONFIG
+    return load_config(path), path
+
+
+def fit(train_records, val_records, out_dir, options: FitOptions = FitOptions(),
+        log: Callable | None = None) -> CellposeSegmenter:
+    """Train on ``train_records`` (:class:`kit.data.ImageRecord` with RLEs), save the model
+    folder ``out_dir`` and return the loaded model (the family protocol's ``fit``).
+
+    ``options`` (:class:`kit.models.family.FitOptions`): ``config`` (object, YAML path or None =
+    default) with ``epochs`` overriding ``train.epochs``; ``livecell`` records are trained on
+    first for ``train.livecell_epochs``; ``pretrained``: a CPnet weights file or a kit cellpose
+    model folder to start from (checked to exist; its ``diam_mean`` must equal the config's);
+    ``resume``: continue from ``out_dir/checkpoint.pt`` (same config ``train`` section and
+    ``diam_mean``, same training images); without it an existing checkpoint is an error, not
+    overwritten. Training stops early after ``time_budget_s`` seconds of epochs or
+    ``stop_after_epochs`` epochs of this call (the checkpoint is saved; ``resume`` continues);
+    the model folder is written either way and says in ``model.json`` ``training`` how many
+    epochs it has. ``log(event, **fields)`` receives progress events (kit.train's
+    ``train.log``); ``val_records`` only feed the monitoring loss (``train.eval_every``).
+    """
+    import torch
+
+    cfg, config_path = resolve_config(options.config)
+    if options.epochs is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=options.epochs))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = log or (lambda event, **fields: None)
+    pretrained = _check_start(out, cfg, options, list(train_records))
+
+    device = torch_device("auto")
+    data, pre, val = _load_data(train_records, val_records, options.livecell, cfg, device,
+                                options.progress, log)
+    torch_state = torch.random.get_rng_state()
+    torch.manual_seed(cfg.train.seed)  # the random initial weights, too, are a function of the seed
+    run = _Run(cfg, out, data, pre, val, _new_cellpose_model(cfg.diam_mean, inference=False).net,
+               device, pretrained)
+    np_state = np.random.get_state()
+    try:
+        _restore(run, options.resume, log)
+        seconds = _train_stages(run, options, log)
+    finally:
+        np.random.set_state(np_state)  # the caller's random streams are left as they were
+        torch.random.set_rng_state(torch_state)
+    _write_model_folder(run, seconds, config_path, log)
+    return CellposeSegmenter.load(out)
+
+
+def _check_start(out: Path, cfg: CellposeConfig, options: FitOptions, train_records) -> Path | None:
+    """Checks before any heavy work; returns the resolved ``pretrained`` weights path."""
+    tcfg = cfg.train
+    ckpt_path = out / CHECKPOINT
+    if options.resume and not ckpt_path.is_file():
+        raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out} to resume from")
+    if not options.resume and ckpt_path.is_file():
+        raise ValueError(f"{out} holds a {CHECKPOINT} of an earlier run: pass --resume to continue "
+                         "it, or choose another --out")
+    pretrained = _resolve_weights(options.pretrained) if options.pretrained is not None else None
+    if tcfg.livecell_epochs and not options.livecell:
+        raise ValueError(f"train.livecell_epochs is {tcfg.livecell_epochs} but no pretraining "
+                         "images were given (kit.train: --livecell JSON --livecell-images DIR)")
+    if options.livecell and not tcfg.livecell_epochs:
+        raise ValueError("pretraining images were given but train.livecell_epochs is 0")
+    if not train_records:
+        raise ValueError("no training images")
+    return pretrained
+
+
+def _load_data(train_records, val_records, pretrain_records, cfg: CellposeConfig, device,
+               progress: bool, log: Callable):
+    """``(train, pretrain or None, validation or None)`` image sets."""
+    tcfg = cfg.train
+    t_prep = time.time()
+    data = _prepare(train_records, tcfg.min_train_masks, device, "cellpose data", progress)
+    if not len(data):
+        raise ValueError(f"no training image has >= {tcfg.min_train_masks} masks "
+                         "(train.min_train_masks)")
+    pre = (_prepare(pretrain_records, tcfg.min_train_masks, device, "pretrain data", progress)
+           if tcfg.livecell_epochs else None)
+    val = (_prepare(val_records, 1, device, "validation data", progress)
+           if tcfg.eval_every and val_records else None)
+    log("cellpose_data", n_train=len(data), skipped=data.skipped,
+        n_pretrain=len(pre) if pre else 0, n_val=len(val) if val else 0,
+        seconds=round(time.time() - t_prep, 1))
+    return data, pre, val
+
+
+def _restore(run: _Run, resume: bool, log: Callable) -> None:
+    """Start from the checkpoint (``resume``) or the pretrained weights, if any."""
+    import torch
+
+    if resume:
+        ckpt = torch.load(run.out / CHECKPOINT, map_location=run.device, weights_only=True)
+        if ckpt.get("train_config") != _train_section(run.cfg):
+            raise ValueError(f"--resume: the config's diam_mean/train section differs from the "
+                             f"checkpoint's ({ckpt.get('train_config')}); resume with the same "
+                             "config, or start a new --out")
+        if ckpt.get("train_ids") != run.data.ids:
+            raise ValueError("--resume: the training images differ from the checkpoint's "
+                             "(same --data, --folds and --fold are needed)")
+        run.net.load_state_dict(ckpt["net"])
+        run.done, run.opt_state = int(ckpt["epoch"]), ckpt.get("optimizer")
+        run.seconds_before = float(ckpt.get("train_seconds", 0.0))
+        run.pretrained = Path(ckpt["pretrained"]) if ckpt.get("pretrained") else None
+        log("cellpose_resume", from_epoch=run.done, of=run.total_epochs)
+    elif run.pretrained is not None:
+        _load_state_dict(run.net, run.pretrained, run.cfg.diam_mean)
+        log("cellpose_pretrained", path=str(run.pretrained))
+
+
+def _train_stages(run: _Run, options: FitOptions, log: Callable) -> float:
+    """The epoch loop over the stages, from ``run.done``; returns the training seconds (this
+    call's plus earlier calls')."""
+    from tqdm import tqdm
+
+    cfg, tcfg = run.cfg, run.cfg.train
+    epoch_log = _EpochLog(run.out / EPOCH_LOG, keep_through=run.done)
+    total = run.total_epochs
+    t0 = time.time()
+    ran = 0
+    bar = tqdm(total=total, initial=run.done, desc="cellpose epochs", unit="ep",
+               disable=not options.progress)
+    try:
+        start = 0
+        for stage, n_epochs, stage_data in run.stages:
+            end = start + n_epochs
+            if run.done >= end:
+                start = end
+                continue
+            rates = learning_rates(n_epochs, tcfg.lr, tcfg.warmup_epochs)
+            opt = _make_optimizer(run.net, tcfg)
+            if run.opt_state is not None and run.done > start:
+                opt.load_state_dict(run.opt_state)
+            run.opt_state = None
+            for g in range(run.done, end):
+                t_ep = time.time()
+                _seed_all(tcfg.seed, g)
+                loss, n_crops = _train_epoch(run.net, opt, stage_data, float(rates[g - start]),
+                                             cfg.diam_mean, tcfg)
+                if not math.isfinite(loss):
+                    raise RuntimeError(f"training diverged: loss is {loss} at epoch {g + 1}; "
+                                       "lower train.lr")
+                vloss = ""
+                if run.val is not None and len(run.val) and ((g + 1) % tcfg.eval_every == 0
+                                                             or g + 1 == end):
+                    vloss = round(_val_loss(run.net, run.val, cfg.diam_mean, tcfg), 6)
+                run.done, ran = g + 1, ran + 1
+                elapsed = run.seconds_before + time.time() - t0
+                epoch_log.write(epoch=run.done, stage=stage, stage_epoch=g + 1 - start,
+                                lr=float(rates[g - start]), train_loss=round(loss, 6),
+                                val_loss=vloss, seconds=round(time.time() - t_ep, 2),
+                                n_crops=n_crops)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}")
+                over_time = (options.time_budget_s is not None
+                             and time.time() - t0 >= options.time_budget_s)
+                over_count = options.stop_after_epochs is not None and ran >= options.stop_after_epochs
+                if run.done % tcfg.save_every == 0 or run.done == end or over_time or over_count:
+                    run.save_checkpoint(opt if run.done < end else None, elapsed)
+                if (over_time or over_count) and run.done < total:
+                    run.stopped = "time budget" if over_time else "epoch budget"
+                    break
+            if run.stopped:
+                break
+            start = end
+    finally:
+        bar.close()
+    seconds = run.seconds_before + time.time() - t0
+    log("cellpose_train", epochs_done=run.done, epochs_planned=total, stopped=run.stopped,
+        seconds=round(seconds, 1))
+    return seconds
+
+
+def _write_model_folder(run: _Run, train_seconds: float, config_path, log: Callable) -> None:
+    """The final network (BatchNorm statistics recomputed), its size model, ``model.json`` and
+    the copy of the config."""
+    import torch
+
+    cfg, out, data = run.cfg, run.out, run.data
+    n_bn = recalibrate_batchnorm(run.net, data, cfg.diam_mean, cfg.train)
+    log("cellpose_batchnorm", crops=n_bn)
+    run.net.diam_labels.data = torch.ones(1, device=run.net.device) * float(np.mean(data.diam))
+    run.net.save_model(str(out / WEIGHTS))
+    size_path = None
+    if cfg.size_model.enabled:
+        t_size = time.time()
+        size_path = _fit_size_model(run.net, str(out / WEIGHTS), data, cfg.size_model,
+                                    cfg.train.min_train_masks)
+        log("cellpose_size_model", seconds=round(time.time() - t_size, 1))
+    elif (out / SIZE_MODEL).exists():
+        (out / SIZE_MODEL).unlink()
+    total = run.total_epochs
+    doc = {
+        "type": CellposeSegmenter.TYPE,
+        "config": cfg.to_dict(),
+        "diameters": _median_diameters(data, cfg.diam_mean),
+        "weights": WEIGHTS,
+        "size_model": SIZE_MODEL if size_path else None,
+        "training": {"epochs_done": run.done, "epochs_planned": total,
+                     "complete": run.done >= total, "stopped": run.stopped,
+                     "train_seconds": round(train_seconds, 1), "n_images": len(data),
+                     "skipped_images": data.skipped,
+                     "n_pretrain_images": len(run.pre) if run.pre else 0,
+                     "pretrained": str(run.pretrained) if run.pretrained else None,
+                     "diam_labels": float(np.mean(data.diam)), "device": str(run.device)},
+        "versions": package_versions(("cellpose", "torch", "numpy")),
+    }
+    if config_path is not None:
+        text = Path(config_path).read_text()
+        if load_config(config_path) != cfg:
+            text += ("\n# NOTE: the run changed values of this file (e.g. kit.train --epochs); "
+                     "model.json 'config' holds the values used.\n")
+    else:
+        text = ("# written by kit.models.cellpose.fit from a config object\n"
+                + json.dumps(cfg.to_dict(), indent=1) + "\n")
+    with atomic_open(out / CONFIG_COPY) as f:
+        f.write(text)
+    _write_json(doc, out / "model.json")
+
+
+def _fit_size_model(net, weights: str, data: _ImageSet, scfg: SizeModelConfig, min_masks: int):
+    """cellpose's ``train.train_size`` on the training images; writes ``<weights>_size.npy``."""
+    from cellpose import train
+
+    images = [np.stack([x.astype(np.float32), np.zeros(x.shape, np.float32)])  # net inputs,
+              for x in data.x]                                                  # normalised
+    # (2, H, W) labels + foreground: cellpose treats a multi-channel label array as precomputed
+    # flows and reads only channel 0 (the masks) for the diameters
+    labels = [np.stack([lab.astype(np.float32), (lab > 0).astype(np.float32)]) for lab in data.labels]
+    np_state = np.random.get_state()
+    try:
+        train.train_size(net, weights, train_data=images, train_labels=labels,
+                         channels=None, normalize=False, n_epochs=scfg.epochs,
+                         batch_size=scfg.batch_size, bsize=scfg.bsize,
+                         min_train_masks=min_masks)
+    finally:
+        np.random.set_state(np_state)
+    path = Path(weights + "_size.npy")
+    if not path.is_file():
+        raise RuntimeError(f"cellpose train_size did not write {path}")
+    return path
