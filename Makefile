@@ -19,7 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/python -m kit.demo --out demo_out
+	$(BIN)/python -m tools.demo --out demo_out
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -28,7 +28,7 @@ test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 bench: setup
-	$(BIN)/python -m kit.bench
+	$(BIN)/python -m benchmarks.bench
 
 clean:
 	rm -rf demo_out .pytest_cache

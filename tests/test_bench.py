@@ -1,4 +1,4 @@
-"""kit.bench: the --quick run works end to end and its peer-agreement checks pass.
+"""benchmarks.bench: the --quick run works end to end and its peer-agreement checks pass.
 
 Timing targets are not asserted here (they depend on the machine and its load); the bench
 reports them. Only the synthetic-data helpers get direct unit tests.
@@ -10,14 +10,14 @@ import sys
 import numpy as np
 import pytest
 
-from kit import bench
+from benchmarks import bench
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "kit.bench", "--quick", "--no-progress", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks.bench", "--quick", "--no-progress", "--json", str(out)],
         capture_output=True, text=True, timeout=300)
     return proc, out
 
@@ -97,11 +97,12 @@ def test_make_pair(cell_type):
 def test_perturbed_rles_are_valid_and_overlap():
     """The score_rle prediction: valid RLEs of the same image, masks moved and repeated, so
     the list overlaps itself and scores between 0 and 1 against its source."""
-    from kit import _bench_overlap, metric, rle
+    from benchmarks import overlap as bench_overlap
+    from kit import metric, rle
 
     gt, _ = bench.make_pair(np.random.default_rng(2), "shsy5y")
     gt_rles = rle.encode_labels(gt)
-    pairs = _bench_overlap.synthetic_pairs([("shsy5y", gt, None)], seed=4)
+    pairs = bench_overlap.synthetic_pairs([("shsy5y", gt, None)], seed=4)
     (_, cell_type, shape, gt_list, pred_list), = pairs
     assert cell_type == "shsy5y" and shape == gt.shape and gt_list[:len(gt_rles)] == gt_rles
     assert len(gt_list) > len(gt_rles)  # a few GT masks repeated, as in real GT
@@ -113,7 +114,7 @@ def test_perturbed_rles_are_valid_and_overlap():
 
 
 def test_interleaved_keeps_the_mix_in_every_prefix():
-    from kit._bench_overlap import interleaved
+    from benchmarks.overlap import interleaved
 
     pairs = [(str(i), t) for i, t in enumerate(["cort"] * 6 + ["astro"] * 3 + ["shsy5y"] * 3)]
     order = [t for _, t in interleaved(pairs)]

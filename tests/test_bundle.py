@@ -1,11 +1,11 @@
-"""build_bundle.py / kit.bundle: contents, reproducibility, and every refusal, on real files."""
+"""build_bundle.py / tools.bundle: contents, reproducibility, and every refusal, on real files."""
 import json
 import shutil
 import sys
 
 import pytest
 
-from kit import bundle
+from tools import bundle
 from kit.bundle_install import BundleError, verify
 from tests.conftest import REPO
 
@@ -117,7 +117,7 @@ def test_model_copy_leaves_training_state_behind(model_dir, tmp_path):
     """The bundle ships what inference reads: no checkpoint (weights + optimiser) of a run."""
     import shutil
 
-    from kit.bundle import _copy_model
+    from tools.bundle import _copy_model
 
     src = tmp_path / "run"
     shutil.copytree(model_dir, src)

@@ -143,7 +143,7 @@ def test_cv_real_train_csv_as_it_comes(tmp_path):
     strict JSON."""
     import metric_reference as reference
 
-    from kit import _bench_overlap
+    from benchmarks import overlap as bench_overlap
     from kit.data import read_train_csv
 
     recs = read_train_csv(REAL / "train.csv", check_images=False)
@@ -163,7 +163,7 @@ def test_cv_real_train_csv_as_it_comes(tmp_path):
     chosen = [r for rs in by_type.values() for r in rs[:3]]
     chosen += [r for r in recs if r.id in ("a7b1db2a42fc", "de504eaa5349")]
     rng = np.random.default_rng(1)
-    preds = {r.id: _bench_overlap.perturb_rles(list(r.rles), r.shape, rng) for r in chosen}
+    preds = {r.id: bench_overlap.perturb_rles(list(r.rles), r.shape, rng) for r in chosen}
     pred = tmp_path / "pred.csv"
     pred.write_text("id,predicted\n" + "".join(f"{i},{a}\n" for i, p in preds.items() for a in p))
     out = tmp_path / "cv.json"

@@ -2,7 +2,7 @@
 
 1. a model folder trained on synthetic data, then ``build_bundle.py`` (wheels may be downloaded);
 2. a fresh virtual environment holding only what a Kaggle image already has
-   (kit/kaggle_has.txt names, versions of wheels/inference.txt), installed from the registry;
+   (tools/kaggle_has.txt names, versions of wheels/inference.txt), installed from the registry;
 3. with the network removed (``unshare -n``: a new network namespace with no interface but a
    down loopback; where unshare is not permitted, pip gets ``--no-index`` and proxies pointing
    to a closed port instead — the test prints which), ``install.py`` installs the bundle and
@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from kit import bundle
+from tools import bundle
 from tests.conftest import REPO, run_module
 
 pytestmark = pytest.mark.e2e

@@ -239,7 +239,7 @@ def test_select_plus_paint_equals_postprocess_and_roundtrip(tmp_path):
 
 def test_benchmark_runs_and_agrees_with_torchvision():
     """The benchmark's own checks (timing targets are reported by the benchmark, not asserted)."""
-    from kit import bench_postprocess
+    from benchmarks import postprocess as bench_postprocess
 
     res = bench_postprocess.run(n=200, repeat=1)
     assert res["agreement"]["foreground_iou"] > 0.8

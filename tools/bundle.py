@@ -189,7 +189,7 @@ def build(weights: list[Path], out: Path, slug: str, title: str, cache: Path,
         kit_wheel = build_kit_wheel(tmp / "wheels")
         for folder in weights:
             _copy_model(folder, tmp / "weights" / folder.name)
-        shutil.copy2(Path(__file__).with_name("bundle_install.py"), tmp / "install.py")
+        shutil.copy2(REPO / "kit" / "bundle_install.py", tmp / "install.py")
         (tmp / "dataset-metadata.json").write_text(json.dumps(meta, indent=1) + "\n")
         files = {p.relative_to(tmp).as_posix(): sha256(p)
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -268,7 +268,7 @@ def _main(argv=None) -> int:
     io.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     target = parser.add_argument_group("target notebook")
     target.add_argument("--target-freeze", type=Path, default=None,
-                        help="`pip freeze` of a Kaggle notebook (default: kit/kaggle_has.txt)")
+                        help="`pip freeze` of a Kaggle notebook (default: tools/kaggle_has.txt)")
     target.add_argument("--python-version", default="3.11", help="Python of the Kaggle image")
     target.add_argument("--wheel-cache", type=Path, default=REPO / "wheels",
                         help="where downloaded wheels are kept between builds")

@@ -1,4 +1,4 @@
-"""The main job on embedded demo data: ``python -m kit.demo --out demo_out``.
+"""The main job on embedded demo data: ``python -m tools.demo --out demo_out``.
 
 Runs the kit's command-line tools one after another, as a user would, on a synthetic
 competition directory made by :mod:`kit.synth` (no download, no real data needed):
@@ -57,7 +57,7 @@ def _best_model(out: Path, models: list[str]) -> str:
 
 
 def _main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kit.demo", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for every artefact")
     parser.add_argument("--n-train", type=int, default=30, help="synthetic train images")
@@ -95,7 +95,7 @@ def _main(argv=None) -> int:
     artefacts = [("synthetic data", data), ("model folders", out / "models"),
                  ("OOF scores (JSON)", out / "cv_<model>_oof.json"), ("bundle", bundle_dir)]
     if not args.no_offline:
-        from kit.bundle import make_kaggle_like_env, offline_command
+        from tools.bundle import make_kaggle_like_env, offline_command
 
         print("\n=== Kaggle-like environment (first time: a few minutes)", flush=True)
         python = make_kaggle_like_env(out / "kaggle-env")

@@ -1,12 +1,12 @@
 """Speed of the kit's metric and RLE codec against the code competitors used.
 
-Run: ``python -m kit.bench`` (``--help`` for the options).
+Run: ``python -m benchmarks.bench`` (``--help`` for the options).
 
 Everything is measured in one run on synthetic 520x704 label-image pairs made here (a ground
 truth of elliptical cells and a prediction with shifted, eroded/dilated, dropped and split
 instances plus false positives), with the competition's mix of cell types and instance counts.
 
-Tasks and peers (peers live in :mod:`kit._bench_peers`):
+Tasks and peers (peers live in :mod:`benchmarks.peers`):
 
 * score  -- :func:`kit.metric.image_score` on label images vs the "histogram2d notebook",
   ``cellpose.metrics.average_precision`` and a FLOOR (one numba pass reading both images).
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import os
 import platform
@@ -230,7 +231,7 @@ def settle(pairs) -> None:
     the next pass runs at its own speed. The read streams every pair in order (over a GB for
     200 images, far past any CPU cache), so the pass that follows still starts cold.
     """
-    from kit import _bench_peers as peers
+    from benchmarks import peers
 
     for g, p in pairs:
         peers.floor_read_both(g, p)
@@ -306,7 +307,7 @@ def check_scores(data, seq, idx, peer, name, tol, progress) -> tuple[dict, list]
     kit's counts shifted by it before comparing. Image scores are compared directly on images
     without a tie.
     """
-    from kit import _bench_peers as peers
+    from benchmarks import peers
     from kit.metric import image_score
 
     counts_fn, score_fn, thresholds, op, rule = peer
@@ -343,7 +344,7 @@ def check_scores(data, seq, idx, peer, name, tol, progress) -> tuple[dict, list]
 def check_codec(data, progress) -> tuple[list[dict], list, list]:
     """Encode/decode agreement on every image; returns the checks, the kit's RLE lists of the
     ground truths and their COCO RLEs (inputs of the decode timings)."""
-    from kit import _bench_peers as peers
+    from benchmarks import peers
     from kit.rle import decode_labels, encode_labels
 
     n = len(data)
@@ -382,7 +383,7 @@ def check_codec(data, progress) -> tuple[list[dict], list, list]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m kit.bench", description=__doc__.split("\n\n")[0],
+        prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--n-images", type=int, default=200,
@@ -398,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{QUICK['rle_images']} RLE-list images, the notebook on "
                         f"{QUICK['notebook_rle_images']}")
     g = p.add_argument_group("overlapping RLE lists (score_rle)")
-    from kit._bench_overlap import DEFAULT_REAL_GT
+    from benchmarks.overlap import DEFAULT_REAL_GT
 
     g.add_argument("--real-gt", type=Path, metavar="TRAIN_CSV",
                    default=DEFAULT_REAL_GT if DEFAULT_REAL_GT.is_file() else None,
@@ -452,7 +453,7 @@ def _time_all(data, seq, rles, cocos, idx_cellpose, overlap, n_notebook_rle, rep
     of the machine instead of sitting in it. Before every pass all input images are read once
     (:func:`settle`), so no pass pays for the memory churn of the one before it.
     """
-    from kit import _bench_peers as peers
+    from benchmarks import peers
     from kit.metric import image_score
     from kit.rle import decode_labels, encode_labels
 
@@ -513,7 +514,7 @@ def _time_kit_cv(overlap, real_gt: Path | None, rle_images: int) -> float:
     import subprocess
     import tempfile
 
-    from kit import _bench_overlap as overlap_data
+    from benchmarks import overlap as overlap_data
 
     with tempfile.TemporaryDirectory(prefix="kit-bench-cv-") as tmp:
         tmp = Path(tmp)
@@ -584,7 +585,7 @@ def run_bench(n_images: int = 200, seed: int = 0, repeat: int = 3, cellpose_imag
     import cv2
 
     cv2.setNumThreads(1)
-    from kit import _bench_peers as peers
+    from benchmarks import peers
     from kit.metric import image_score
     from kit.rle import decode_labels, encode_labels
 
@@ -597,7 +598,7 @@ def run_bench(n_images: int = 200, seed: int = 0, repeat: int = 3, cellpose_imag
     n_cp = min(cellpose_images, n)
     n_gt = np.array([len(np.unique(g)) - 1 for _, g, _ in data])
     n_pred = np.array([len(np.unique(p)) - 1 for _, _, p in data])
-    from kit import _bench_overlap as overlap_data
+    from benchmarks import overlap as overlap_data
 
     overlap = overlap_data.interleaved(overlap_data.real_pairs(real_gt, seed) if real_gt else
                                        overlap_data.synthetic_pairs(data, seed))
@@ -606,7 +607,7 @@ def run_bench(n_images: int = 200, seed: int = 0, repeat: int = 3, cellpose_imag
 
     # -- warm-up: JIT compile (numba caches to disk; cellpose's kernel is not cached) ----------
     t0 = time.perf_counter()
-    import cellpose.metrics  # noqa: F401  (imports torch)
+    importlib.import_module("cellpose.metrics")  # imports torch
 
     torch = sys.modules.get("torch")
     if torch is not None:
@@ -736,7 +737,7 @@ def report_lines(res: dict) -> list[str]:
     scores = ", ".join(f"{t} {s:.3f}" for t, s in ds["kit_score_by_cell_type"].items())
     la0, la1 = env["loadavg_start"][0], env["loadavg_end"][0]
     out = [
-        f"kit.bench: {cfg['n_images']} synthetic {cfg['image_shape'][0]}x{cfg['image_shape'][1]} "
+        f"benchmarks.bench: {cfg['n_images']} synthetic {cfg['image_shape'][0]}x{cfg['image_shape'][1]} "
         f"GT/prediction pairs (seed {cfg['seed']}): {mix}",
         f"  {ds['gt_instances']:,} GT instances ({ds['gt_instances_mean']:.0f}/image), "
         f"{ds['pred_instances']:,} predicted; kit score {ds['kit_score_mean']:.3f} ({scores})",

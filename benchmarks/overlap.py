@@ -1,4 +1,4 @@
-"""Overlapping RLE-list inputs for :mod:`kit.bench`: real ground truth and a perturbed copy.
+"""Overlapping RLE-list inputs for :mod:`benchmarks.bench`: real ground truth and a perturbed copy.
 
 Real ground truth reaches the scorer as lists of Kaggle RLE strings whose masks overlap a
 little (and sometimes repeat). The bench times that path on real GT when a train.csv-format

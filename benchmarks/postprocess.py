@@ -1,6 +1,6 @@
 """Post-processing benchmark: kit.postprocess vs torchvision's ``paste_masks_in_image`` path.
 
-Run: ``python -m kit.bench_postprocess [--n 1000] [--repeat 5] [--json OUT]``.
+Run: ``python -m benchmarks.postprocess [--n 1000] [--repeat 5] [--json OUT]``.
 
 Both sides get the same ``--n`` synthetic detections on a 520x704 image (seeded: shsy5y-like
 boxes 10-40 px over the whole image, 28x28 soft blob masks with noise, uniform scores) and
@@ -173,7 +173,7 @@ def format_table(res: dict) -> str:
 
 
 def _main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kit.bench_postprocess",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.postprocess",
                                      description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--n", type=int, default=1000, help="detections")

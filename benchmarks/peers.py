@@ -1,4 +1,4 @@
-"""Peer implementations that :mod:`kit.bench` times the kit against. Private to the bench.
+"""Peer implementations that :mod:`benchmarks.bench` times the kit against. Private to the bench.
 
 Each peer is written the way popular Kaggle notebooks of the competition wrote it (re-typed
 from their description, on purpose without improvements: their speed is what is measured).
