@@ -8,9 +8,10 @@ Every model goes through the same steps, so their numbers compare:
 1. read the competition directory (:mod:`kit.data`; train.csv + train/ is enough); folds from
    ``--folds`` or made by ``make_folds`` (grouped by sample, stratified by cell type; an image
    without a sample_id is a group of its own, with a warning) and written to ``folds.csv``;
-2. set aside an inner validation split of the training folds (``--val-fraction``, grouped by
-   sample: :func:`kit.data.inner_split`), written to ``val.csv``: it is what chooses a
-   checkpoint; the held-out fold chooses nothing;
+2. for a family that uses validation images (:meth:`~kit.models.family.ModelFamily.wants_validation`,
+   e.g. Mask R-CNN choosing its best epoch), set aside an inner validation split of the
+   training folds (``--val-fraction``, grouped by sample: :func:`kit.data.inner_split`),
+   written to ``val.csv``: it is what chooses a checkpoint; the held-out fold chooses nothing;
 3. fit the image -> cell-type classifier on the training folds (``celltype.joblib``) and
    report its accuracy on the held-out fold;
 4. fit the model through its family (:meth:`kit.models.family.ModelFamily.fit`) and save it
@@ -197,7 +198,9 @@ def _main(argv=None) -> int:
     # Everything is read and checked first: a bad input leaves nothing behind.
     check_inputs(args)
     train, held_out, folds = split_fold(args.data, args.fold, args.folds, args.n_folds, args.seed)
-    fit_train, val = inner_split(train, args.val_fraction, args.seed)
+    fam = family(args.model)
+    wanted = fam.wants_validation(fam.load_config(args.config))
+    fit_train, val = inner_split(train, args.val_fraction if wanted else 0.0, args.seed)
     options = fit_options(args)
     out = args.out
     if args.fresh and earlier_run(out):
@@ -221,7 +224,7 @@ def _main(argv=None) -> int:
         log("split", n_train=len(fit_train), n_val=len(val), n_held_out=len(held_out))
         acc = fit_cell_type_classifier(train, held_out, out)
         log("celltype", held_out_accuracy=acc)
-        model = family(args.model).fit(fit_train, val, out, options, log)
+        model = fam.fit(fit_train, val, out, options, log)
         summary = score_oof(model, held_out, out, progress=not args.quiet, selection=selection)
     except (ValueError, OSError) as e:  # an input found bad while running
         log("error", message=one_line(e))

@@ -1,19 +1,28 @@
 """The main job on embedded demo data: ``python -m tools.demo --out demo_out``.
 
 Runs the kit's command-line tools one after another, as a user would, on a synthetic
-competition directory made by :mod:`kit.synth` (no download, no real data needed):
+competition directory made by :mod:`kit.synth` (no download, no real data needed), or on a
+competition directory you give (``--data DIR``, e.g. Kaggle's
+``/kaggle/input/sartorius-cell-instance-segmentation`` or ``../shared/data/sartorius``):
 
 1. ``kit.synth``      -> OUT/data (train.csv, train/, test/, sample_submission.csv, test_labels.csv)
-2. ``kit.train``      -> OUT/models/{baseline,cellpose,maskrcnn}: fold 0 held out, short CPU training
+2. ``kit.eda``        -> OUT/eda (report.md + figures of the training data)
+3. ``kit.train``      -> OUT/models/{baseline,cellpose,maskrcnn}: fold 0 held out, short CPU training
                          (``--budget`` minutes each, CPU configs), OOF predictions and their score
-3. ``kit.cv``         -> the out-of-fold table of every model (OUT/cv_<model>_oof.json)
-4. ``build_bundle.py``-> OUT/bundle: kit wheel, vendored wheels, all model folders, MANIFEST.json
-5. a Kaggle-like venv (only what a Kaggle image has) at OUT/kaggle-env, then with the network
+4. ``kit.cv``         -> the out-of-fold table of every model (OUT/cv_<model>_oof.json)
+5. ``build_bundle.py``-> OUT/bundle: kit wheel, vendored wheels, all model folders, MANIFEST.json
+6. a Kaggle-like venv (only what a Kaggle image has) at OUT/kaggle-env, then with the network
    off (``unshare -n``): ``kernels/infer/infer.py`` installs the bundle and writes
-   OUT/working/submission.csv with the model of best OOF MAP, and validates it
-6. ``kit.cv``         -> the submission scored against the synthetic test labels
+   OUT/working/submission.csv with the shipped model, and validates it
+7. ``kit.cv``         -> the submission scored against the test labels (when the data has them)
+8. ``kit.viz``        -> OUT/figures: TP/FP/FN outlines of the shipped model on one image
 
-Each step's exit status is checked; the first failure stops the demo with its code.
+The shipped model is the one of best out-of-fold MAP on fold 0; the submission is scored on
+the test images, which chose nothing. Every step's output goes to OUT/demo.log; the screen
+shows one line per step and, at the end, the results table (also OUT/results.md and
+OUT/results.json) with the paths of the outputs. Each step's exit status is checked; the first
+failure stops the demo with its code and the end of the log.
+
 Run again on the same ``--out``: the synthetic data and the Kaggle-like venv are reused, every
 model is trained again from scratch (``kit.train --fresh``), and every later output is
 replaced; ``--fresh`` here deletes ``--out`` first.
@@ -21,98 +30,197 @@ replaced; ``--fresh`` here deletes ``--out`` first.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 CPU_CONFIGS = {"cellpose": "cellpose_cpu.yaml", "maskrcnn": "maskrcnn_cpu_demo.yaml"}
+MODELS = ("baseline", "cellpose", "maskrcnn")
 
 
-def _step(title: str, *args: str) -> None:
-    """``python -m <args>`` as a demo step (see :func:`_run`)."""
-    _run(title, [sys.executable, "-m", *args], shown=f"python -m {' '.join(args)}")
+class Steps:
+    """Numbered demo steps: a line on the screen per step, their output in ``log``."""
+
+    def __init__(self, log: Path):
+        self.log = log
+        self.n = 0
+        self.seconds: dict[str, float] = {}
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+
+    def module(self, title: str, *args: str) -> float:
+        """``python -m <args>`` as a step (see :meth:`run`)."""
+        return self.run(title, [sys.executable, "-m", *args], shown=f"python -m {' '.join(args)}")
+
+    def run(self, title: str, cmd: list, env=None, shown: str | None = None) -> float:
+        """Run one step, its output appended to the log; returns its seconds. A failure ends
+        the demo with the step's exit code and the last lines of the log."""
+        self.n += 1
+        shown = shown or " ".join(map(str, cmd))
+        print(f"[{self.n}] {title} ...", end="", flush=True)
+        with open(self.log, "a") as f:
+            f.write(f"\n=== [{self.n}] {title}\n$ {shown}\n")
+            f.flush()
+            start = time.perf_counter()
+            done = subprocess.run(list(map(str, cmd)), env=env, stdout=f, stderr=subprocess.STDOUT)
+            seconds = time.perf_counter() - start
+            f.write(f"--- exit {done.returncode}, {seconds:.1f} s\n")
+        if done.returncode != 0:
+            print(f" FAILED (exit {done.returncode})", flush=True)
+            tail = self.log.read_text().splitlines()[-15:]
+            print("\n".join("    " + line for line in tail), file=sys.stderr)
+            print(f"demo: step '{title}' failed with exit code {done.returncode}; "
+                  f"the whole output is in {self.log}", file=sys.stderr)
+            raise SystemExit(done.returncode)
+        print(f" {_duration(seconds)}", flush=True)
+        self.seconds[title] = seconds
+        return seconds
 
 
-def _run(title: str, cmd: list[str], env=None, shown: str | None = None) -> None:
-    """Run one demo step, print its command and time; a failure ends the demo with its code."""
-    print(f"\n=== {title}\n$ {shown or ' '.join(map(str, cmd))}", flush=True)
-    start = time.perf_counter()
-    done = subprocess.run(list(map(str, cmd)), env=env)
-    if done.returncode != 0:
-        print(f"demo: step '{title}' failed with exit code {done.returncode}", file=sys.stderr)
-        raise SystemExit(done.returncode)
-    print(f"--- {title}: {time.perf_counter() - start:.1f} s", flush=True)
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
-def _best_model(out: Path, models: list[str]) -> str:
-    import json
+def _scores(path: Path) -> dict:
+    """map, AP@0.5 and per-type MAP of a ``kit.cv --json`` file."""
+    doc = json.loads(path.read_text())
+    return {"map": doc["map"], "ap50": doc["ap"][0], "n_images": doc["n_images"],
+            "by_cell_type": {ct: v["map"] for ct, v in doc["by_cell_type"].items()}}
 
-    maps = {m: json.loads((out / f"cv_{m}_oof.json").read_text())["map"] for m in models}
-    print("\nOOF MAP: " + ", ".join(f"{m} {v:.4f}" for m, v in maps.items()))
-    return max(maps, key=maps.get)
+
+def results_table(rows: dict, cell_types: list[str]) -> str:
+    """Markdown: one row per model (OOF MAP, per cell type, AP@0.5, kit.train minutes)."""
+    head = ["model", "OOF MAP", *cell_types, "AP@0.5", "kit.train min"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, r in rows.items():
+        cts = [f"{r['by_cell_type'][ct]:.3f}" if ct in r["by_cell_type"] else "-" for ct in cell_types]
+        lines.append(f"| {model} | {r['map']:.3f} | " + " | ".join(cts)
+                     + f" | {r['ap50']:.3f} | {r['minutes']:.1f} |")
+    return "\n".join(lines)
 
 
 def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n")[0],
+                                     epilog="Real data: --data DIR runs the same path on a competition "
+                                            "directory (train.csv + train/ [+ test/]); e.g. on Kaggle "
+                                            "--data /kaggle/input/sartorius-cell-instance-segmentation, "
+                                            "here --data ../shared/data/sartorius. Longer --budget "
+                                            "trains longer; the Kaggle GPU recipes are the default configs.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for every artefact")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="a competition directory to use instead of synthetic data")
     parser.add_argument("--n-train", type=int, default=30, help="synthetic train images")
     parser.add_argument("--n-test", type=int, default=4, help="synthetic test images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     parser.add_argument("--budget", type=float, default=3.0, help="training minutes per trained model")
-    parser.add_argument("--models", nargs="+", default=["baseline", "cellpose", "maskrcnn"],
-                        choices=["baseline", "cellpose", "maskrcnn"], help="models to train and bundle")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS,
+                        help="models to train and bundle")
     parser.add_argument("--no-offline", action="store_true",
                         help="stop after the bundle (no Kaggle-like env, no offline kernel run)")
     parser.add_argument("--fresh", action="store_true", help="delete --out first")
     args = parser.parse_args(argv)
 
     out: Path = args.out.resolve()
+    if args.data is not None and not (args.data / "train.csv").is_file():
+        raise FileNotFoundError(f"--data {args.data}: no train.csv there (a competition directory)")
     if args.fresh and out.exists():
         shutil.rmtree(out)
-    data = out / "data"
-    if not (data / "train.csv").is_file():
-        _step("synthetic competition data", "kit.synth", str(data), "--n-train", str(args.n_train),
-              "--n-test", str(args.n_test), "--seed", str(args.seed), "--no-progress")
+    steps = Steps(out / "demo.log")
+    print(f"demo: every step's output goes to {steps.log}")
+    t_start = time.perf_counter()
+    data = args.data.resolve() if args.data is not None else out / "data"
+    if args.data is None and not (data / "train.csv").is_file():
+        steps.module("synthetic competition data", "kit.synth", str(data), "--n-train",
+                     str(args.n_train), "--n-test", str(args.n_test), "--seed", str(args.seed),
+                     "--no-progress")
+    steps.module("EDA report of the training data", "kit.eda", str(data), "--out", str(out / "eda"),
+                 "--quiet")
+    rows = {}
     for model in args.models:
         folder = out / "models" / model
         extra = [] if model == "baseline" else [
             "--config", str(REPO / "kit" / "configs" / CPU_CONFIGS[model]), "--time-budget", str(args.budget)]
-        _step(f"train {model} (fold 0 held out) and score out of fold", "kit.train", model,
-              "--data", str(data), "--fold", "0", "--n-folds", "4", "--out", str(folder), *extra,
-              "--fresh", "--quiet")
-        _step(f"kit.cv on {model}'s out-of-fold predictions", "kit.cv", "--gt", str(data / "train.csv"),
-              "--pred", str(folder / "oof.csv"), "--folds", str(folder / "folds.csv"), "--fold", "0",
-              "--json", str(out / f"cv_{model}_oof.json"), "--quiet")
-    best = _best_model(out, args.models)
+        seconds = steps.module(f"train {model} (fold 0 held out), score out of fold", "kit.train",
+                               model, "--data", str(data), "--fold", "0", "--n-folds", "4",
+                               "--out", str(folder), *extra, "--fresh", "--quiet")
+        cv_json = out / f"cv_{model}_oof.json"
+        steps.module(f"kit.cv on {model}'s out-of-fold predictions", "kit.cv", "--gt",
+                     str(data / "train.csv"), "--pred", str(folder / "oof.csv"), "--folds",
+                     str(folder / "folds.csv"), "--fold", "0", "--json", str(cv_json), "--quiet")
+        rows[model] = {**_scores(cv_json), "minutes": seconds / 60}
+    shipped = max(rows, key=lambda m: rows[m]["map"])
     bundle_dir = out / "bundle"
-    _run("build the bundle", [sys.executable, REPO / "build_bundle.py", "--weights",
-                              *[out / "models" / m for m in args.models], "--out", bundle_dir])
-    artefacts = [("synthetic data", data), ("model folders", out / "models"),
-                 ("OOF scores (JSON)", out / "cv_<model>_oof.json"), ("bundle", bundle_dir)]
-    if not args.no_offline:
+    steps.run("build the bundle", [sys.executable, REPO / "build_bundle.py", "--weights",
+                                   *[out / "models" / m for m in args.models], "--out", bundle_dir])
+    outputs = [("demo log", steps.log), ("data", data), ("EDA report", out / "eda" / "report.md"),
+               ("model folders", out / "models"), ("bundle", bundle_dir)]
+    submission = test_scores = None
+    figures = out / "figures"
+    if not args.no_offline and (data / "test").is_dir():
         from tools.bundle import make_kaggle_like_env, offline_command
 
-        print("\n=== Kaggle-like environment (first time: a few minutes)", flush=True)
+        print("[*] Kaggle-like environment (first time: a few minutes) ...", end="", flush=True)
+        t0 = time.perf_counter()
         python = make_kaggle_like_env(out / "kaggle-env")
+        print(f" {_duration(time.perf_counter() - t0)}", flush=True)
         prefix, env, how = offline_command()
         work = out / "working"
-        _run(f"inference kernel, network off via {how}, model {best}",
-             [*prefix, python, REPO / "kernels" / "infer" / "infer.py", "--bundle", bundle_dir,
-              "--data", data, "--out", work, "--model", best], env=env)
-        _step("score submission.csv against the synthetic test labels", "kit.cv",
-              "--gt", str(data / "test_labels.csv"), "--pred", str(work / "submission.csv"),
-              "--json", str(out / "cv_submission.json"), "--quiet")
-        artefacts += [("Kaggle-like venv", out / "kaggle-env"), ("submission", work / "submission.csv"),
-                      ("submission scores (JSON)", out / "cv_submission.json")]
-    print("\nArtefacts:")
-    for label, path in artefacts:
-        print(f"  {label:<26} {path}")
+        steps.run(f"inference kernel, network off ({how}), model {shipped}",
+                  [*prefix, python, REPO / "kernels" / "infer" / "infer.py", "--bundle", bundle_dir,
+                   "--data", data, "--out", work, "--model", shipped], env=env)
+        submission = work / "submission.csv"
+        outputs.append(("submission", submission))
+        if (data / "test_labels.csv").is_file():
+            steps.module("score submission.csv against the test labels", "kit.cv", "--gt",
+                         str(data / "test_labels.csv"), "--pred", str(submission), "--json",
+                         str(out / "cv_submission.json"), "--quiet")
+            test_scores = _scores(out / "cv_submission.json")
+    if submission is not None and test_scores is not None:
+        first = json.loads((out / "cv_submission.json").read_text())["per_image"][0]["id"]
+        steps.module(f"figure: {shipped} on test image {first}", "kit.viz", "--gt",
+                     str(data / "test_labels.csv"), "--pred", str(submission), "--images",
+                     str(data / "test"), "--ids", first, "--out", str(figures), "--quiet")
+    else:
+        first = json.loads((out / f"cv_{shipped}_oof.json").read_text())["per_image"][0]["id"]
+        steps.module(f"figure: {shipped} on held-out image {first}", "kit.viz", "--gt",
+                     str(data / "train.csv"), "--pred", str(out / "models" / shipped / "oof.csv"),
+                     "--ids", first, "--out", str(figures), "--quiet")
+    outputs.append(("figure (TP green, FP red, FN blue)", figures / f"{first}.png"))
+    _report(out, rows, shipped, test_scores, outputs, time.perf_counter() - t_start)
     return 0
+
+
+def _report(out: Path, rows: dict, shipped: str, test_scores: dict | None, outputs: list,
+            seconds: float) -> None:
+    """The last screen: the table, the shipped model and its test score, the outputs; also
+    OUT/results.md and OUT/results.json."""
+    from kit import CELL_TYPES
+    from kit.atomic import atomic_open
+
+    cell_types = [ct for ct in CELL_TYPES if any(ct in r["by_cell_type"] for r in rows.values())]
+    n_held_out = next(iter(rows.values()))["n_images"]
+    lines = [f"Out of fold (fold 0 held out, {n_held_out} images):", "",
+             results_table(rows, cell_types), "",
+             f"shipped model: {shipped} (best OOF MAP; the test images chose nothing)"]
+    if test_scores is not None:
+        per_type = ", ".join(f"{ct} {v:.3f}" for ct, v in test_scores["by_cell_type"].items())
+        lines.append(f"submission.csv on the {test_scores['n_images']} test images: MAP "
+                     f"{test_scores['map']:.3f} ({per_type}), AP@0.5 {test_scores['ap50']:.3f}")
+    lines += ["", "Outputs:"] + [f"  {label:<36} {path}" for label, path in outputs]
+    lines.append(f"\ndemo: done in {_duration(seconds)}")
+    text = "\n".join(lines)
+    print("\n" + "=" * 78 + "\n" + text)
+    with atomic_open(out / "results.md") as f:
+        f.write(text + "\n")
+    with atomic_open(out / "results.json") as f:
+        json.dump({"models": rows, "shipped": shipped, "test": test_scores,
+                   "outputs": {label: str(path) for label, path in outputs},
+                   "seconds": round(seconds, 1)}, f, indent=1, allow_nan=False)
 
 
 def main(argv=None) -> int:

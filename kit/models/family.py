@@ -94,6 +94,12 @@ class ModelFamily:
             raise ValueError(f"--config {path}: the {self.name} model takes no config")
         return None
 
+    def wants_validation(self, config) -> bool:
+        """Whether :meth:`fit` with this config (:meth:`load_config`'s result) uses validation
+        images; only then does ``kit.train`` set an inner split of the training images aside
+        (the others train on all of them)."""
+        return False
+
     def fit(self, train: Sequence, val: Sequence, out: Path, options: FitOptions,
             log: Callable = _no_log):
         """Train on ``train`` (:class:`kit.data.ImageRecord` with RLEs and cell types), using

@@ -49,6 +49,11 @@ The model folder
 Downloads never happen: the network is built with ``pretrained_model=False`` and weights are
 loaded by us from paths checked to exist (cellpose 3.x silently tries to download a built-in
 model when handed a path that does not exist).
+
+Modules: ``config`` (the YAML sections, file names), ``data`` (label images, network input,
+the in-memory image set), ``network`` (random-init CPnet, loading weights files), ``train``
+(:func:`fit` and its phases), ``model`` (:class:`CellposeSegmenter`, :func:`labels_from_raw`),
+``family`` (the model-family protocol).
 """
 from __future__ import annotations
 

@@ -31,6 +31,9 @@ class CellposeFamily(ModelFamily):
     def load_config(self, path):
         return load_config(path)
 
+    def wants_validation(self, config) -> bool:
+        return config.train.eval_every > 0   # a monitoring loss; nothing is selected on it
+
     def fit(self, train, val, out: Path, options: FitOptions, log=None) -> CellposeSegmenter:
         from kit.models.cellpose.train import fit
 

@@ -29,13 +29,18 @@ each "transpose, then flip rows, then flip columns". :func:`tta_apply` transform
 transformed image back exactly (boxes in continuous pixel coordinates, masks by flipping /
 transposing the ``M x M`` grid, label images by the inverse array view).
 
-The ``ensemble`` model folder (:class:`EnsembleModel`, registered in :mod:`kit.models`):
+The ``ensemble`` model folder (:class:`EnsembleModel`, the family in
+:mod:`kit.models.ensemble.family`, registered in :mod:`kit.models.registry`). Members are
+fused as detections or vote as label images according to their family's ``fusion``:
 ``model.json`` = ``{"type": "ensemble", "config": {...}}`` with :class:`EnsembleConfig`
 (members by path, relative to the ensemble folder or absolute, with weights; TTA views;
 the post-processing of fused detections; per-cell-type fusion parameters, which
 ``python -m kit.tune`` tunes). Each member view's weight is the member's weight divided by
 the number of views. Make one with
 ``python -m kit.ensemble --out DIR --member MODEL_DIR[:WEIGHT] ... [--tta id,hflip]``.
+
+Modules: ``tta``, ``fusion`` (weighted box fusion), ``vote`` (instance vote), ``config``,
+``model`` (the folder, :func:`combine`, :func:`make_ensemble`), ``family``.
 """
 from __future__ import annotations
 

@@ -89,7 +89,7 @@ class TrainConfig:
     hflip: bool = True
     vflip: bool = True
     rot90: bool = True
-    eval_every: int = 1                # epochs between held-out evaluations
+    eval_every: int = 1                # epochs between validation evaluations
     eval_max_images: int = 0           # 0 = the whole held-out fold
     max_iters_per_epoch: int = 0       # 0 = one pass over the images
     max_nonfinite: int = 20            # consecutive non-finite losses before giving up

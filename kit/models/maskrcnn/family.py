@@ -31,6 +31,9 @@ class MaskRCNNFamily(ModelFamily):
     def load_config(self, path):
         return load_config(path)
 
+    def wants_validation(self, config) -> bool:
+        return True   # the best validation epoch is the model (eval_every >= 1)
+
     def fit(self, train, val, out: Path, options: FitOptions, log=None) -> MaskRCNNModel:
         from kit.models.maskrcnn.train import fit
 
