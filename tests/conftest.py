@@ -21,6 +21,21 @@ def run_module(*args, check=False, cwd=None):
     return done
 
 
+def tiny_maskrcnn(folder, score: float = 0.05, nms: float = 0.5, **config):
+    """Save a random-init ResNet-18 Mask R-CNN folder for 128-200 px images, its every cell
+    type at ``score`` / ``nms`` (``config``: further MaskRCNNConfig fields); returns the folder."""
+    from kit.models.maskrcnn import MaskRCNNConfig, MaskRCNNModel, ModelConfig
+    from kit.postprocess import PostprocessConfig, TypeParams
+
+    low = TypeParams(score=score, nms=nms, pixel=0.5, min_area=0)
+    cfg = MaskRCNNConfig(model=ModelConfig(backbone_depth=18, test_min_size=128, test_max_size=200,
+                                           rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=60,
+                                           box_detections_per_img=20),
+                         postprocess=PostprocessConfig(shsy5y=low, astro=low, cort=low), **config)
+    MaskRCNNModel(cfg, device="cpu").save(folder)
+    return folder
+
+
 @pytest.fixture
 def torch_one_thread():
     """torch on one thread for the test, restored after (model tests on a 2-core machine)."""

@@ -163,18 +163,11 @@ def family_models(tmp_path_factory):
     from kit.models.cellpose import CellposeConfig, CellposeSegmenter
     from kit.models.cellpose.network import _new_cellpose_model
     from kit.models.ensemble import make_ensemble
-    from kit.models.maskrcnn import MaskRCNNConfig, MaskRCNNModel, ModelConfig
-    from kit.postprocess import PostprocessConfig, TypeParams
+    from tests.conftest import tiny_maskrcnn
 
     d = tmp_path_factory.mktemp("families")
     torch.manual_seed(0)
-    low = TypeParams(score=0.0, nms=0.7, pixel=0.5, min_area=0)
-    cfg = MaskRCNNConfig(model=ModelConfig(backbone_depth=18, test_min_size=128, test_max_size=200,
-                                           rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=60,
-                                           box_detections_per_img=20),
-                         postprocess=PostprocessConfig(shsy5y=low, astro=low, cort=low),
-                         cell_type="given")
-    MaskRCNNModel(cfg, device="cpu").save(d / "maskrcnn")
+    tiny_maskrcnn(d / "maskrcnn", score=0.0, nms=0.7, cell_type="given")
     BaselineModel().save(d / "baseline")
     make_ensemble(d / "ensemble", [(d / "maskrcnn", 1.0), (d / "baseline", 1.0)], ("id", "hflip"))
     models = {k: load_model(d / k) for k in ("maskrcnn", "baseline", "ensemble")}

@@ -256,17 +256,11 @@ def test_cellpose_family_renders_what_the_model_postprocesses():
 def tiny_models(tmp_path_factory, synth_dir):
     from kit.data import make_folds, read_competition_dir, write_folds_csv
     from kit.models.baseline import BaselineModel
-    from kit.models.maskrcnn import MaskRCNNConfig, MaskRCNNModel, ModelConfig
-    from kit.postprocess import PostprocessConfig, TypeParams
+    from tests.conftest import tiny_maskrcnn
 
     d = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    low = TypeParams(score=0.05, nms=0.5, pixel=0.5, min_area=0)
-    cfg = MaskRCNNConfig(model=ModelConfig(backbone_depth=18, test_min_size=128, test_max_size=200,
-                                           rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=60,
-                                           box_detections_per_img=20),
-                         postprocess=PostprocessConfig(shsy5y=low, astro=low, cort=low))
-    MaskRCNNModel(cfg, device="cpu").save(d / "mrcnn")
+    tiny_maskrcnn(d / "mrcnn")
     BaselineModel().save(d / "base")
     records = read_competition_dir(synth_dir).train
     folds = write_folds_csv(make_folds(records, 3, 0), d / "folds.csv")

@@ -15,7 +15,8 @@ competition directory you give (``--data DIR``, e.g. Kaggle's
    off (``unshare -n``): ``kernels/infer/infer.py`` installs the bundle and writes
    OUT/working/submission.csv with the shipped model, and validates it
 7. ``kit.cv``         -> the submission scored against the test labels (when the data has them)
-8. ``kit.viz``        -> OUT/figures: TP/FP/FN outlines of the shipped model on one image
+8. ``kit.viz``        -> OUT/figures: TP/FP/FN outlines of the shipped model on the image of
+                         median score
 
 The shipped model is the one of best out-of-fold MAP on fold 0; the submission is scored on
 the test images, which chose nothing. Every step's output goes to OUT/demo.log; the screen
@@ -83,6 +84,12 @@ class Steps:
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _median_image(cv_json: Path) -> str:
+    """The id of the image of median score in a ``kit.cv --json`` file (a typical one)."""
+    per_image = sorted(json.loads(cv_json.read_text())["per_image"], key=lambda r: (r["score"], r["id"]))
+    return per_image[len(per_image) // 2]["id"]
 
 
 def _scores(path: Path) -> dict:
@@ -181,12 +188,12 @@ def _main(argv=None) -> int:
                          str(out / "cv_submission.json"), "--quiet")
             test_scores = _scores(out / "cv_submission.json")
     if submission is not None and test_scores is not None:
-        first = json.loads((out / "cv_submission.json").read_text())["per_image"][0]["id"]
+        first = _median_image(out / "cv_submission.json")
         steps.module(f"figure: {shipped} on test image {first}", "kit.viz", "--gt",
                      str(data / "test_labels.csv"), "--pred", str(submission), "--images",
                      str(data / "test"), "--ids", first, "--out", str(figures), "--quiet")
     else:
-        first = json.loads((out / f"cv_{shipped}_oof.json").read_text())["per_image"][0]["id"]
+        first = _median_image(out / f"cv_{shipped}_oof.json")
         steps.module(f"figure: {shipped} on held-out image {first}", "kit.viz", "--gt",
                      str(data / "train.csv"), "--pred", str(out / "models" / shipped / "oof.csv"),
                      "--ids", first, "--out", str(figures), "--quiet")

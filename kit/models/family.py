@@ -35,7 +35,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
-__all__ = ["ModelFamily", "FitOptions", "RAW_FORMATS", "save_raw", "load_raw"]
+__all__ = ["ModelFamily", "FitOptions", "RAW_FORMATS", "save_raw", "load_raw", "cell_type_sections"]
 
 RAW_FORMATS = ("detections", "arrays", "labels")
 
@@ -183,6 +183,18 @@ class ModelFamily:
         ``key``: a hashable name of the cached image, for families that memoise work shared
         by candidates."""
         return self.postprocess_raw(raws[0], cell_type, params, state)
+
+
+def cell_type_sections(doc: dict, key: str, where: str) -> dict:
+    """``doc[key]`` of a tuned document: ``{cell type: {setting: value}}``, checked to name known
+    cell types only (a ValueError naming ``where`` and ``key`` otherwise)."""
+    from kit import CELL_TYPES
+
+    sections = doc.get(key) or {}
+    unknown = [k for k in sections if k not in CELL_TYPES]
+    if unknown:
+        raise ValueError(f"{where}: {key}: unknown cell type(s) {unknown}; valid {list(CELL_TYPES)}")
+    return {ct: dict(v or {}) for ct, v in sections.items()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 
 from kit import CELL_TYPES
 from kit.models.baseline.model import BaselineModel, BaselineParams, predict_labels
-from kit.models.family import FitOptions, ModelFamily
+from kit.models.family import FitOptions, ModelFamily, cell_type_sections
 
 
 class BaselineFamily(ModelFamily):
@@ -56,13 +56,9 @@ class BaselineFamily(ModelFamily):
         return {"model_type": self.name, "params": params}
 
     def apply_tuned(self, model: BaselineModel, doc: dict, where: str) -> None:
-        sections = doc.get("params") or {}
-        unknown = [k for k in sections if k not in CELL_TYPES]
-        if unknown:
-            raise ValueError(f"{where}: params: unknown cell type(s) {unknown}; valid {list(CELL_TYPES)}")
-        for ct, upd in sections.items():
+        for ct, upd in cell_type_sections(doc, "params", where).items():
             try:
-                model.params[ct] = BaselineParams.from_dict({**model.params[ct].to_dict(), **(upd or {})})
+                model.params[ct] = BaselineParams.from_dict({**model.params[ct].to_dict(), **upd})
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{where}: params.{ct}: {e}") from None
 

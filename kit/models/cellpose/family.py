@@ -15,7 +15,7 @@ from kit import CELL_TYPES
 from kit import config as kconfig
 from kit.models.cellpose.config import CellTypeConfig, load_config
 from kit.models.cellpose.model import CellposeSegmenter, labels_from_raw
-from kit.models.family import FitOptions, ModelFamily
+from kit.models.family import FitOptions, ModelFamily, cell_type_sections
 
 
 class CellposeFamily(ModelFamily):
@@ -64,13 +64,9 @@ class CellposeFamily(ModelFamily):
     def apply_tuned(self, model: CellposeSegmenter, doc: dict, where: str) -> None:
         import dataclasses
 
-        sections = doc.get("cell_types") or {}
-        unknown = [k for k in sections if k not in CELL_TYPES]
-        if unknown:
-            raise ValueError(f"{where}: cell_types: unknown cell type(s) {unknown}; valid {list(CELL_TYPES)}")
         cts = dict(model.config.cell_types)
-        for ct, upd in sections.items():
-            cts[ct] = kconfig.from_dict(CellTypeConfig, {**kconfig.to_dict(cts[ct]), **(upd or {})},
+        for ct, upd in cell_type_sections(doc, "cell_types", where).items():
+            cts[ct] = kconfig.from_dict(CellTypeConfig, {**kconfig.to_dict(cts[ct]), **upd},
                                         f"{where}: cell_types.{ct}")
         model.config = dataclasses.replace(model.config, cell_types=cts)
 
