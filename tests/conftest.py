@@ -36,6 +36,20 @@ def tiny_maskrcnn(folder, score: float = 0.05, nms: float = 0.5, **config):
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def kit_cache(tmp_path_factory):
+    """Caches the kit writes (e.g. Cellpose training targets) go to a temporary folder, for
+    this process and the command lines it runs, never to the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("kit_cache")
+    before = os.environ.get("KIT_CACHE")
+    os.environ["KIT_CACHE"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("KIT_CACHE", None)
+    else:
+        os.environ["KIT_CACHE"] = before
+
+
 @pytest.fixture
 def torch_one_thread():
     """torch on one thread for the test, restored after (model tests on a 2-core machine)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -190,6 +191,34 @@ def test_training_records_loss_and_writes_folder(trained):
     assert CellposeConfig.from_dict(doc["config"]) == tiny_config()
     assert [e for e, _ in events] == ["cellpose_data", "cellpose_train", "cellpose_batchnorm",
                                   "cellpose_size_model"]
+
+
+def test_targets_are_cached_on_disk_and_read_per_batch(records, tmp_path):
+    """Flows are computed once per image into the cache; a second run reads them (the same
+    arrays), other masks get other files, an incomplete file set is made again."""
+    cache = tmp_path / "cache"
+    cpu = torch.device("cpu")
+    first = kcp_data._prepare(records, 5, cpu, "test", False, cache=cache)
+    assert first.built == 2 and len(first) == 2
+    again = kcp_data._prepare(records, 5, cpu, "test", False, cache=cache)
+    assert again.built == 0 and again.files == first.files and again.diam == first.diam
+    xs, ys = again.batch([1, 0])
+    assert xs[0].shape == (2, 128, 160) and xs[0].dtype == np.float32 and ys[0].shape == (3, 128, 160)
+    np.testing.assert_array_equal(ys[1], first.flows(0).astype(np.float32))
+    labels = again.labels(0)
+    assert labels.dtype == np.int32 and labels.max() == len(np.unique(labels)) - 1
+    # fewer masks: another key, another file set; the first image's set is untouched
+    fewer = [dataclasses.replace(records[0], rles=records[0].rles[:-1])]
+    other = kcp_data._prepare(fewer, 5, cpu, "test", False, cache=cache)
+    assert other.built == 1 and other.files[0] != first.files[0]
+    # a file set without its json (a killed run) is made again
+    Path(first.files[1] + ".json").unlink()
+    redone = kcp_data._prepare(records, 5, cpu, "test", False, cache=cache)
+    assert redone.built == 1
+    np.testing.assert_array_equal(redone.flows(1), first.flows(1))
+    # an image with too few masks is skipped, its json says why
+    few = kcp_data._prepare(records, 10_000, cpu, "test", False, cache=cache)
+    assert len(few) == 0 and few.skipped == ["img0", "img1"] and few.built == 0
 
 
 def test_batchnorm_recalibration_restores_eval_mode(trained, records):

@@ -21,10 +21,13 @@ Training (:func:`fit`)
       optimiser and schedule per stage.
     * Then the BatchNorm statistics are recomputed with the final weights
       (:func:`recalibrate_batchnorm`; after a short run the running statistics trail the weights
-      and the eval-mode network is far off), the SizeModel is fitted by cellpose's
-      ``train.train_size`` on the final network (style vector -> log diameter, ridge
-      regression), and the per-cell-type median diameter of the training images is kept as the
-      fallback.
+      and the eval-mode network is far off), the SizeModel is fitted on the final network by
+      cellpose's ``train.train_size`` recipe (style vector -> log diameter, ridge regression;
+      our loop, reading the images per batch), and the per-cell-type median diameter of the
+      training images is kept as the fallback.
+    * Memory does not grow with the images: their network inputs, flows and label images are
+      computed once into an on-disk cache (:func:`~kit.models.cellpose.data.targets_cache_dir`,
+      keyed by the image's bytes, masks and the settings) and read per batch.
 
 Inference (:class:`CellposeSegmenter`)
     ``predict(image, cell_type)`` = ``postprocess_raw(predict_raw(image, cell_type), cell_type)``:

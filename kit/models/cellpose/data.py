@@ -1,8 +1,13 @@
 """Cellpose training data: ground-truth label images, the network's input normalisation, the
-in-memory image set of a training run and the per-cell-type median diameters."""
+image set of a training run (its targets cached on disk, read per batch) and the per-cell-type
+median diameters."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -48,49 +53,120 @@ def net_input(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
 
+# Bump when what a cached target file holds changes: older files are then never read.
+TARGETS_VERSION = 1
+
+
+def targets_cache_dir() -> Path:
+    """Where training targets are cached: ``$KIT_CACHE/cellpose_targets`` (default
+    ``~/.cache/kit``). Shared by every run and fold on the machine."""
+    root = os.environ.get("KIT_CACHE") or Path.home() / ".cache" / "kit"
+    return Path(root) / "cellpose_targets"
+
+
+def target_key(rec, device_type: str) -> str:
+    """sha256 of everything a cached target depends on: the image file's bytes, the shape and
+    the masks, the cellpose version, the device type of the flow computation and
+    :data:`TARGETS_VERSION`."""
+    import cellpose
+
+    h = hashlib.sha256()
+    for part in (f"v{TARGETS_VERSION}", getattr(cellpose, "version", "?"), device_type,
+                 f"{rec.shape[0]}x{rec.shape[1]}", "\n".join(rec.rles)):
+        h.update(part.encode() + b"\0")
+    h.update(Path(rec.image_path).read_bytes())
+    return h.hexdigest()
+
+
 @dataclass
 class _ImageSet:
-    """Training images in memory: per image ~4.3 MB at 520x704 (float16 input and flows)."""
+    """Training images of a run: ids, cell types and diameters in memory, the arrays on disk.
+
+    Per image the cache holds ``<key>.x.npy`` ((H, W) float16: channel 0 of :func:`net_input`),
+    ``<key>.flows.npy`` ((3, H, W) float16: cell probability, Y flow, X flow), ``<key>.labels.npy``
+    ((H, W) int32, renumbered 1..n by cellpose) and ``<key>.json`` (mask count and diameter,
+    written last: a file set without it is incomplete and is made again). Arrays are read per
+    batch, so memory does not grow with the number of images.
+    """
 
     ids: list = field(default_factory=list)
     cell_types: list = field(default_factory=list)
-    x: list = field(default_factory=list)       # (H, W) float16: channel 0 of net_input
-    flows: list = field(default_factory=list)   # (3, H, W) float16: cell prob., Y flow, X flow
-    labels: list = field(default_factory=list)  # (H, W) int32 (size model, diameters)
     diam: list = field(default_factory=list)    # cellpose diameter of the image's masks, >= 5
+    files: list = field(default_factory=list)   # per image: the cache path without suffix
     skipped: list = field(default_factory=list)  # ids with too few masks
+    built: int = 0                               # targets computed by this run (not cached)
 
     def __len__(self):
         return len(self.ids)
+
+    def x(self, i: int) -> np.ndarray:
+        return np.load(f"{self.files[i]}.x.npy")
+
+    def flows(self, i: int) -> np.ndarray:
+        return np.load(f"{self.files[i]}.flows.npy")
+
+    def labels(self, i: int) -> np.ndarray:
+        return np.load(f"{self.files[i]}.labels.npy")
 
     def batch(self, inds):
         """Network inputs (2, H, W) and targets (3, H, W), float32, of images ``inds``."""
         xs = []
         for i in inds:
-            x0 = self.x[i].astype(np.float32)
+            x0 = self.x(i).astype(np.float32)
             xs.append(np.stack([x0, np.zeros_like(x0)]))
-        return xs, [self.flows[i].astype(np.float32) for i in inds]
+        return xs, [self.flows(i).astype(np.float32) for i in inds]
 
 
-def _prepare(records, min_masks: int, device, desc: str, progress: bool) -> _ImageSet:
+def _build_targets(rec, device, base: Path) -> dict:
+    """Compute one image's targets into ``base.*`` (atomic writes); returns its json."""
     from cellpose import dynamics, utils
-    from tqdm import tqdm
 
-    out = _ImageSet()
-    for rec in tqdm(list(records), desc=desc, unit="img", disable=not progress):
-        labels = training_labels(rec.rles, rec.shape)
-        n = int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
-        if n < max(min_masks, 1):
-            out.skipped.append(rec.id)
-            continue
+    from kit.atomic import atomic_open
+
+    labels = training_labels(rec.rles, rec.shape)
+    n = int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
+    info = {"n_masks": n, "diam": None}
+    if n:
         flows = dynamics.labels_to_flows([labels.copy()], device=device)[0]  # (4, H, W)
         labels = flows[0].astype(np.int32)  # renumbered 1..n by cellpose
+        arrays = {"x": net_input(rec.load_image())[0].astype(np.float16),
+                  "flows": flows[1:].astype(np.float16), "labels": labels}
+        for name, arr in arrays.items():
+            with atomic_open(f"{base}.{name}.npy", "wb") as f:
+                np.save(f, arr)
+        info["diam"] = max(5.0, float(utils.diameters(labels)[0]))
+    with atomic_open(f"{base}.json") as f:
+        f.write(json.dumps(info))
+    return info
+
+
+def _prepare(records, min_masks: int, device, desc: str, progress: bool,
+             cache: Path | None = None) -> _ImageSet:
+    """The image set of ``records``: targets read from the cache (``cache`` or
+    :func:`targets_cache_dir`) or computed into it; images with fewer than ``min_masks`` masks
+    are skipped (cellpose's rule)."""
+    from tqdm import tqdm
+
+    cache = Path(cache) if cache is not None else targets_cache_dir()
+    device_type = getattr(device, "type", str(device))
+    out = _ImageSet()
+    for rec in tqdm(list(records), desc=desc, unit="img", disable=not progress):
+        key = target_key(rec, device_type)
+        base = cache / key[:2] / key
+        done = Path(f"{base}.json")
+        if done.is_file():
+            info = json.loads(done.read_text())
+        else:
+            base.parent.mkdir(parents=True, exist_ok=True)
+            info = _build_targets(rec, device, base)
+            out.built += 1
+        if info["n_masks"] < max(min_masks, 1):
+            out.skipped.append(rec.id)
+            continue
         out.ids.append(rec.id)
         out.cell_types.append(rec.cell_type)
-        out.x.append(net_input(rec.load_image())[0].astype(np.float16))
-        out.flows.append(flows[1:].astype(np.float16))
-        out.labels.append(labels)
-        out.diam.append(max(5.0, float(utils.diameters(labels)[0])))
+        out.diam.append(info["diam"])
+        out.files.append(str(base))
     return out
 
 

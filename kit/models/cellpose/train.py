@@ -19,7 +19,7 @@ from kit.models import torch_device
 from kit.models.cellpose.config import (CHECKPOINT, CONFIG_COPY, DEFAULT_CONFIG, EPOCH_COLUMNS,
                                         EPOCH_LOG, SIZE_MODEL, WEIGHTS, CellposeConfig,
                                         SizeModelConfig, TrainConfig, _train_section, load_config)
-from kit.models.cellpose.data import _ImageSet, _median_diameters, _prepare
+from kit.models.cellpose.data import _ImageSet, _median_diameters, _prepare, targets_cache_dir
 from kit.models.cellpose.model import CellposeSegmenter
 from kit.models.cellpose.network import _load_state_dict, _new_cellpose_model, _resolve_weights
 from kit.models.family import FitOptions
@@ -322,8 +322,10 @@ def _load_data(train_records, val_records, pretrain_records, cfg: CellposeConfig
            if tcfg.livecell_epochs else None)
     val = (_prepare(val_records, 1, device, "validation data", progress)
            if tcfg.eval_every and val_records else None)
+    built = sum(s.built for s in (data, pre, val) if s is not None)
     log("cellpose_data", n_train=len(data), skipped=data.skipped,
         n_pretrain=len(pre) if pre else 0, n_val=len(val) if val else 0,
+        targets_built=built, targets_cache=str(targets_cache_dir()),
         seconds=round(time.time() - t_prep, 1))
     return data, pre, val
 
@@ -428,7 +430,7 @@ def _write_model_folder(run: _Run, train_seconds: float, config_path, log: Calla
     if cfg.size_model.enabled:
         t_size = time.time()
         size_path = _fit_size_model(run.net, str(out / WEIGHTS), data, cfg.size_model,
-                                    cfg.train.min_train_masks)
+                                    cfg.train.seed)
         log("cellpose_size_model", seconds=round(time.time() - t_size, 1))
     elif (out / SIZE_MODEL).exists():
         (out / SIZE_MODEL).unlink()
@@ -461,24 +463,51 @@ def _write_model_folder(run: _Run, train_seconds: float, config_path, log: Calla
     _write_json(doc, out / "model.json")
 
 
-def _fit_size_model(net, weights: str, data: _ImageSet, scfg: SizeModelConfig, min_masks: int):
-    """cellpose's ``train.train_size`` on the training images; writes ``<weights>_size.npy``."""
-    from cellpose import train
-
-    images = [np.stack([x.astype(np.float32), np.zeros(x.shape, np.float32)])  # net inputs,
-              for x in data.x]                                                  # normalised
-    # (2, H, W) labels + foreground: cellpose treats a multi-channel label array as precomputed
-    # flows and reads only channel 0 (the masks) for the diameters
-    labels = [np.stack([lab.astype(np.float32), (lab > 0).astype(np.float32)]) for lab in data.labels]
+def _fit_size_model(net, weights: str, data: _ImageSet, scfg: SizeModelConfig, seed: int = 0) -> Path:
+    """The SizeModel of cellpose's ``train.train_size``, its images read per batch: for
+    ``scfg.epochs`` passes over the training images in random order, batches of random
+    ``scfg.bsize`` crops (``transforms.random_rotate_and_resize``, scale range 1 as cellpose)
+    give style vectors (the network's second output) and targets ``log(diameter) -
+    log(diam_mean) + log(crop scale)``; a ridge regression (L2 weight 1) maps styles to
+    targets. Writes ``<weights>_size.npy`` in cellpose's format
+    (``{"A", "smean", "diam_mean", "ymean"}``, read by :class:`CellposeSegmenter` and by
+    cellpose's own ``SizeModel``). The caller's numpy random stream is left as it was."""
+    diam_mean = float(net.diam_mean.item())
     np_state = np.random.get_state()
     try:
-        train.train_size(net, weights, train_data=images, train_labels=labels,
-                         channels=None, normalize=False, n_epochs=scfg.epochs,
-                         batch_size=scfg.batch_size, bsize=scfg.bsize,
-                         min_train_masks=min_masks)
+        x, y = _size_model_samples(net, data, scfg, diam_mean, np.random.default_rng(seed))
     finally:
         np.random.set_state(np_state)
+    smean, ymean = x.mean(axis=0), float(y.mean())
+    xc = (x - smean).T
+    a = np.linalg.solve(xc @ xc.T + np.eye(xc.shape[0]), xc @ (y - ymean))
+    params = {"A": a.astype(np.float32), "smean": smean.astype(np.float32),
+              "diam_mean": diam_mean, "ymean": np.float32(ymean)}
     path = Path(weights + "_size.npy")
-    if not path.is_file():
-        raise RuntimeError(f"cellpose train_size did not write {path}")
+    with atomic_open(path, "wb") as f:
+        np.save(f, params, allow_pickle=True)
     return path
+
+
+def _size_model_samples(net, data: _ImageSet, scfg: SizeModelConfig, diam_mean: float, rng):
+    """``(styles (n, 256) float64, targets (n,) float64)`` of ``scfg.epochs`` passes of random
+    crops over the image set, one batch of images in memory at a time."""
+    import torch
+    from cellpose import transforms
+
+    net.eval()
+    styles, targets = [], []
+    for _ in range(scfg.epochs):
+        order = rng.permutation(len(data))
+        for k in range(0, len(order), scfg.batch_size):
+            inds = order[k:k + scfg.batch_size]
+            xs, _ = data.batch(inds)
+            np.random.seed(int(rng.integers(2**31)))  # transforms draw from numpy's global stream
+            imgi, _, scale = transforms.random_rotate_and_resize(xs, scale_range=1.0,
+                                                                 xy=(scfg.bsize, scfg.bsize))
+            with torch.no_grad():
+                feat = net(torch.from_numpy(imgi).to(net.device))[1]
+            styles.append(feat.cpu().numpy().astype(np.float64))
+            diam = np.array([data.diam[i] for i in inds])
+            targets.append(np.log(diam) - np.log(diam_mean) + np.log(scale))
+    return np.concatenate(styles), np.concatenate(targets)

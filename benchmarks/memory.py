@@ -1,0 +1,154 @@
+"""Training memory against the number of images: peak RSS of whole ``kit.train`` runs.
+
+Run: ``python -m benchmarks.memory [--data ../shared/data/sartorius] [--models cellpose maskrcnn]
+[--train 38 152] [--held-out 8 40] [--json OUT]``.
+
+For each model and each (train images, held-out images) pair, a competition directory with
+exactly those images is made (symlinks to ``--data``'s PNGs, its train.csv rows), and
+``python -m kit.train MODEL --fold 1 --folds ... --config <the CPU config> --time-budget 0.05``
+runs in a subprocess: data preparation, a few training steps (at least one epoch for Mask
+R-CNN), the BatchNorm recalibration and SizeModel (Cellpose), validation and out-of-fold
+prediction. Its peak resident set size is ``ru_maxrss`` of that process (``os.wait4``).
+Printed per model: the peak RSS of every run and the slopes, MB per extra training image (at
+the smallest held-out count) and MB per extra held-out image (at the smallest training count).
+Target: both slopes <= 0.5 MB per image. Cellpose's training targets are cached on disk
+(``KIT_CACHE``): the first run of an image builds them, later runs read them; the table says
+how many each run built. The load average is printed: the machine is shared.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "sartorius"
+CPU_CONFIGS = {"cellpose": "cellpose_cpu.yaml", "maskrcnn": "maskrcnn_cpu_demo.yaml"}
+TARGET_MB_PER_IMAGE = 0.5
+
+
+def subset_dir(data: Path, train_ids: list[str], held_out_ids: list[str], out: Path) -> Path:
+    """A competition directory at ``out`` with exactly these images (train.csv rows copied,
+    PNGs symlinked) and ``out/folds.csv``: fold 0 = train, fold 1 = held out."""
+    wanted = set(train_ids) | set(held_out_ids)
+    (out / "train").mkdir(parents=True)
+    with open(data / "train.csv", newline="") as src, open(out / "train.csv", "w", newline="") as dst:
+        reader = csv.reader(src)
+        writer = csv.writer(dst)
+        writer.writerow(next(reader))
+        for row in reader:
+            if row[0] in wanted:
+                writer.writerow(row)
+    for i in wanted:
+        (out / "train" / f"{i}.png").symlink_to((data / "train" / f"{i}.png").resolve())
+    with open(out / "folds.csv", "w") as f:
+        f.write("id,fold\n" + "".join(f"{i},0\n" for i in train_ids)
+                + "".join(f"{i},1\n" for i in held_out_ids))
+    return out
+
+
+def peak_rss_mb(cmd: list[str], env: dict) -> tuple[float, float, int]:
+    """(peak RSS in MB, wall seconds, exit code) of one subprocess."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        sys.stderr.write(proc.stderr.read().decode()[-2000:])
+    proc.stderr.close()
+    return usage.ru_maxrss / 1024.0, time.perf_counter() - t0, proc.returncode
+
+
+def measure(model: str, data: Path, n_train: int, n_held_out: int, ids: list[str], work: Path,
+            env: dict) -> dict:
+    """One ``kit.train`` run on the first ``n_train`` ids (train) and the next ``n_held_out``."""
+    train_ids, held = ids[:n_train], ids[n_train:n_train + n_held_out]
+    d = subset_dir(data, train_ids, held, work / f"{model}_{n_train}_{n_held_out}")
+    out = d / "run"
+    cmd = [sys.executable, "-m", "kit.train", model, "--data", str(d), "--folds", str(d / "folds.csv"),
+           "--fold", "1", "--out", str(out), "--time-budget", "0.05", "--quiet"]
+    if model in CPU_CONFIGS:
+        cmd += ["--config", str(REPO / "kit" / "configs" / CPU_CONFIGS[model])]
+    rss, seconds, code = peak_rss_mb(cmd, env)
+    if code:
+        raise SystemExit(f"{' '.join(cmd)} exited {code}")
+    built = None
+    for line in (out / "train.log").read_text().splitlines():
+        event = json.loads(line)
+        if event["event"] == "cellpose_data":
+            built = event.get("targets_built")
+    return {"model": model, "n_train": n_train, "n_held_out": n_held_out, "peak_rss_mb": round(rss, 1),
+            "seconds": round(seconds, 1), "targets_built": built}
+
+
+def slopes(rows: list[dict]) -> dict:
+    """MB per extra training image and per extra held-out image, from the runs of one model."""
+    out = {}
+    min_h = min(r["n_held_out"] for r in rows)
+    min_t = min(r["n_train"] for r in rows)
+    by_t = sorted((r for r in rows if r["n_held_out"] == min_h), key=lambda r: r["n_train"])
+    by_h = sorted((r for r in rows if r["n_train"] == min_t), key=lambda r: r["n_held_out"])
+    if len(by_t) > 1:
+        out["mb_per_train_image"] = round((by_t[-1]["peak_rss_mb"] - by_t[0]["peak_rss_mb"])
+                                          / (by_t[-1]["n_train"] - by_t[0]["n_train"]), 3)
+    if len(by_h) > 1:
+        out["mb_per_held_out_image"] = round((by_h[-1]["peak_rss_mb"] - by_h[0]["peak_rss_mb"])
+                                             / (by_h[-1]["n_held_out"] - by_h[0]["n_held_out"]), 3)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="competition directory (train.csv + train/)")
+    parser.add_argument("--models", nargs="+", default=["cellpose", "maskrcnn"])
+    parser.add_argument("--train", type=int, nargs="+", default=[38, 152], help="training image counts")
+    parser.add_argument("--held-out", type=int, nargs="+", default=[8, 40], help="held-out image counts")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    if not (args.data / "train.csv").is_file():
+        print(f"error: --data {args.data}: no train.csv (give a competition directory)", file=sys.stderr)
+        return 2
+    with open(args.data / "train.csv", newline="") as f:
+        ids = list(dict.fromkeys(row[0] for row in list(csv.reader(f))[1:]))
+    need = max(args.train) + max(args.held_out)
+    if len(ids) < need:
+        print(f"error: {args.data} has {len(ids)} images, the runs need {need}", file=sys.stderr)
+        return 2
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    pairs = [(t, min(args.held_out)) for t in sorted(args.train)]
+    pairs += [(min(args.train), h) for h in sorted(args.held_out)[1:]]
+    print(f"load average {os.getloadavg()[0]:.2f}; data {args.data} ({len(ids)} images)")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="kit-bench-memory-") as tmp:
+        for model in args.models:
+            rows = []
+            for n_train, n_held in pairs:
+                row = measure(model, args.data, n_train, n_held, ids, Path(tmp), env)
+                rows.append(row)
+                print(f"  {model:<9} train {n_train:>4}  held-out {n_held:>3}: peak RSS "
+                      f"{row['peak_rss_mb']:8.1f} MB  ({row['seconds']:.0f} s"
+                      + (f", targets built {row['targets_built']}" if row["targets_built"] is not None else "")
+                      + ")", flush=True)
+            results[model] = {"runs": rows, **slopes(rows)}
+    print("\n| model | MB per training image | MB per held-out image | target |\n|---|---:|---:|---:|")
+    ok = True
+    for model, r in results.items():
+        t, h = r.get("mb_per_train_image"), r.get("mb_per_held_out_image")
+        ok &= all(v is None or v <= TARGET_MB_PER_IMAGE for v in (t, h))
+        print(f"| {model} | {t if t is not None else '-'} | {h if h is not None else '-'} | "
+              f"<= {TARGET_MB_PER_IMAGE} |")
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "target_mb_per_image": TARGET_MB_PER_IMAGE},
+                                        indent=1))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
