@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow bench bench-memory clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,9 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.bench
+
+bench-memory: setup
+	$(BIN)/python -m benchmarks.memory
 
 clean:
 	rm -rf demo_out .pytest_cache

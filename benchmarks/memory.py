@@ -4,7 +4,10 @@ Run: ``python -m benchmarks.memory [--data ../shared/data/sartorius] [--models c
 [--train 38 152] [--held-out 8 40] [--json OUT]``.
 
 For each model and each (train images, held-out images) pair, a competition directory with
-exactly those images is made (symlinks to ``--data``'s PNGs, its train.csv rows), and
+that many images is made (symlinks to ``--data``'s PNGs, its train.csv rows). Images beyond
+the smallest counts are copies of the first ones under new ids, so every run sees the same
+images and the slope measures what grows with the count, not which images happen to be the
+most expensive (a peak is a maximum over images: a few hard images raise it once). Then
 ``python -m kit.train MODEL --fold 1 --folds ... --config <the CPU config> --time-budget 0.05``
 runs in a subprocess: data preparation, a few training steps (at least one epoch for Mask
 R-CNN), the BatchNorm recalibration and SizeModel (Cellpose), validation and out-of-fold
@@ -12,8 +15,9 @@ prediction. Its peak resident set size is ``ru_maxrss`` of that process (``os.wa
 Printed per model: the peak RSS of every run and the slopes, MB per extra training image (at
 the smallest held-out count) and MB per extra held-out image (at the smallest training count).
 Target: both slopes <= 0.5 MB per image. Cellpose's training targets are cached on disk
-(``KIT_CACHE``): the first run of an image builds them, later runs read them; the table says
-how many each run built. The load average is printed: the machine is shared.
+(``KIT_CACHE``, a fresh folder per benchmark): a first, unmeasured-for-the-slope run of the
+smallest pair builds them (its peak and seconds are printed as the first-run cost), so the
+measured runs compare alike. The load average is printed: the machine is shared.
 """
 from __future__ import annotations
 
@@ -34,23 +38,32 @@ TARGET_MB_PER_IMAGE = 0.5
 
 
 def subset_dir(data: Path, train_ids: list[str], held_out_ids: list[str], out: Path) -> Path:
-    """A competition directory at ``out`` with exactly these images (train.csv rows copied,
-    PNGs symlinked) and ``out/folds.csv``: fold 0 = train, fold 1 = held out."""
-    wanted = set(train_ids) | set(held_out_ids)
-    (out / "train").mkdir(parents=True)
-    with open(data / "train.csv", newline="") as src, open(out / "train.csv", "w", newline="") as dst:
+    """A competition directory at ``out`` with these images (train.csv rows copied, PNGs
+    symlinked) and ``out/folds.csv``: fold 0 = train, fold 1 = held out. An id may be
+    ``ORIGINAL~k``: a copy of ORIGINAL under a new id."""
+    source = {i: i.split("~")[0] for i in [*train_ids, *held_out_ids]}
+    rows: dict[str, list] = {}
+    with open(data / "train.csv", newline="") as src:
         reader = csv.reader(src)
-        writer = csv.writer(dst)
-        writer.writerow(next(reader))
+        header = next(reader)
         for row in reader:
-            if row[0] in wanted:
-                writer.writerow(row)
-    for i in wanted:
-        (out / "train" / f"{i}.png").symlink_to((data / "train" / f"{i}.png").resolve())
+            rows.setdefault(row[0], []).append(row)
+    (out / "train").mkdir(parents=True)
+    with open(out / "train.csv", "w", newline="") as dst:
+        writer = csv.writer(dst)
+        writer.writerow(header)
+        for new, orig in source.items():
+            writer.writerows([new, *row[1:]] for row in rows[orig])
+            (out / "train" / f"{new}.png").symlink_to((data / "train" / f"{orig}.png").resolve())
     with open(out / "folds.csv", "w") as f:
         f.write("id,fold\n" + "".join(f"{i},0\n" for i in train_ids)
                 + "".join(f"{i},1\n" for i in held_out_ids))
     return out
+
+
+def with_copies(base: list[str], n: int) -> list[str]:
+    """``n`` ids: ``base`` repeated, the repeats named ``id~k``."""
+    return [base[k % len(base)] + (f"~{k // len(base)}" if k >= len(base) else "") for k in range(n)]
 
 
 def peak_rss_mb(cmd: list[str], env: dict) -> tuple[float, float, int]:
@@ -65,10 +78,13 @@ def peak_rss_mb(cmd: list[str], env: dict) -> tuple[float, float, int]:
     return usage.ru_maxrss / 1024.0, time.perf_counter() - t0, proc.returncode
 
 
-def measure(model: str, data: Path, n_train: int, n_held_out: int, ids: list[str], work: Path,
-            env: dict) -> dict:
-    """One ``kit.train`` run on the first ``n_train`` ids (train) and the next ``n_held_out``."""
-    train_ids, held = ids[:n_train], ids[n_train:n_train + n_held_out]
+def measure(model: str, data: Path, n_train: int, n_held_out: int, ids: list[str],
+            ids_split: tuple[int, int], work: Path, env: dict) -> dict:
+    """One ``kit.train`` run: ``n_train`` training images, ``n_held_out`` held out (``ids`` =
+    the base training ids then the base held-out ids; more than the base = copies)."""
+    n_base_train, n_base_held = ids_split
+    train_ids = with_copies(ids[:n_base_train], n_train)
+    held = with_copies(ids[n_base_train:n_base_train + n_base_held], n_held_out)
     d = subset_dir(data, train_ids, held, work / f"{model}_{n_train}_{n_held_out}")
     out = d / "run"
     cmd = [sys.executable, "-m", "kit.train", model, "--data", str(d), "--folds", str(d / "folds.csv"),
@@ -117,29 +133,38 @@ def main(argv=None) -> int:
         return 2
     with open(args.data / "train.csv", newline="") as f:
         ids = list(dict.fromkeys(row[0] for row in list(csv.reader(f))[1:]))
-    need = max(args.train) + max(args.held_out)
+    need = min(args.train) + min(args.held_out)
     if len(ids) < need:
         print(f"error: {args.data} has {len(ids)} images, the runs need {need}", file=sys.stderr)
         return 2
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    pairs = [(t, min(args.held_out)) for t in sorted(args.train)]
+    pairs = [(min(args.train), min(args.held_out))]  # first run: builds the caches
+    pairs += [(t, min(args.held_out)) for t in sorted(args.train)]
     pairs += [(min(args.train), h) for h in sorted(args.held_out)[1:]]
     print(f"load average {os.getloadavg()[0]:.2f}; data {args.data} ({len(ids)} images)")
     results = {}
     with tempfile.TemporaryDirectory(prefix="kit-bench-memory-") as tmp:
+        env["KIT_CACHE"] = str(Path(tmp) / "cache")
         for model in args.models:
             rows = []
-            for n_train, n_held in pairs:
-                row = measure(model, args.data, n_train, n_held, ids, Path(tmp), env)
-                rows.append(row)
-                print(f"  {model:<9} train {n_train:>4}  held-out {n_held:>3}: peak RSS "
+            for k, (n_train, n_held) in enumerate(pairs):
+                row = measure(model, args.data, n_train, n_held, ids,
+                              (min(args.train), min(args.held_out)), Path(tmp) / str(k), env)
+                if k == 0:
+                    results.setdefault("first_run", {})[model] = row
+                else:
+                    rows.append(row)
+                print(f"  {model:<9} {'(first run) ' if k == 0 else ''}train {n_train:>4}  "
+                      f"held-out {n_held:>3}: peak RSS "
                       f"{row['peak_rss_mb']:8.1f} MB  ({row['seconds']:.0f} s"
                       + (f", targets built {row['targets_built']}" if row["targets_built"] is not None else "")
                       + ")", flush=True)
             results[model] = {"runs": rows, **slopes(rows)}
+    first = results.pop("first_run", {})
     print("\n| model | MB per training image | MB per held-out image | target |\n|---|---:|---:|---:|")
     ok = True
     for model, r in results.items():
+        r["first_run"] = first.get(model)
         t, h = r.get("mb_per_train_image"), r.get("mb_per_held_out_image")
         ok &= all(v is None or v <= TARGET_MB_PER_IMAGE for v in (t, h))
         print(f"| {model} | {t if t is not None else '-'} | {h if h is not None else '-'} | "
