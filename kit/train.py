@@ -56,16 +56,16 @@ def check_run_folder(out: Path, resume: bool, fresh: bool) -> None:
                          "folder kit.train made, so --fresh will not delete it; choose another --out")
 
 
-def check_inputs(args) -> None:
+def check_inputs(args):
     """Everything a run reads besides the data, checked before anything is written: the
     config (read by the family), the files named by options, the run folder (its earlier run,
-    its writability)."""
+    its writability). Returns the family's config (:meth:`ModelFamily.load_config`)."""
     from kit.atomic import check_writable_dir
     from kit.models.registry import family
 
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-    family(args.model).load_config(args.config)
+    config = family(args.model).load_config(args.config)
     if args.livecell is not None and args.livecell_images is None:
         raise ValueError("--livecell needs --livecell-images (the folder of its images)")
     for opt in ("pretrained", "livecell", "livecell_images", "folds"):
@@ -74,6 +74,7 @@ def check_inputs(args) -> None:
             raise FileNotFoundError(f"--{opt.replace('_', '-')} {path}: no such file or folder")
     check_run_folder(args.out, args.resume, args.fresh)
     check_writable_dir(args.out, "run folder")
+    return config
 
 
 def fit_options(args):
@@ -196,10 +197,10 @@ def _main(argv=None) -> int:
     from kit.models.registry import family
 
     # Everything is read and checked first: a bad input leaves nothing behind.
-    check_inputs(args)
+    config = check_inputs(args)
     train, held_out, folds = split_fold(args.data, args.fold, args.folds, args.n_folds, args.seed)
     fam = family(args.model)
-    wanted = fam.wants_validation(fam.load_config(args.config))
+    wanted = fam.wants_validation(config)
     fit_train, val = inner_split(train, args.val_fraction if wanted else 0.0, args.seed)
     options = fit_options(args)
     out = args.out

@@ -29,6 +29,7 @@ the model will do.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -67,10 +68,10 @@ def _no_log(event: str, **fields) -> None:
     pass
 
 
-class ModelFamily:
-    """One model family (module docstring). Subclasses set the class attributes and override
-    what they do differently; the defaults describe a family whose raw output is already the
-    label image and which has nothing to tune."""
+class ModelFamily(ABC):
+    """One model family (module docstring). Subclasses implement :meth:`fit` and :meth:`load`,
+    set the class attributes and override what they do differently; the defaults describe a
+    family whose raw output is already the label image and which has nothing to tune."""
 
     name: ClassVar[str] = ""
     #: ``kit.train`` offers it (an ensemble is assembled, not trained)
@@ -100,19 +101,21 @@ class ModelFamily:
         (the others train on all of them)."""
         return False
 
+    @abstractmethod
     def fit(self, train: Sequence, val: Sequence, out: Path, options: FitOptions,
             log: Callable = _no_log):
         """Train on ``train`` (:class:`kit.data.ImageRecord` with RLEs and cell types), using
         ``val`` (an inner split of the training images, never the images a score is reported
         on) for monitoring and checkpoint selection; write the model folder ``out`` and return
-        the loaded model. ``log(event, **fields)`` receives progress events (``train.log``)."""
-        raise NotImplementedError(f"the {self.name} family cannot be trained")
+        the loaded model. ``log(event, **fields)`` receives progress events (``train.log``).
+        A family that is not trained (``trainable = False``) raises a ValueError saying how
+        its models are made."""
 
     # -- serving ----------------------------------------------------------------------------
 
+    @abstractmethod
     def load(self, folder: Path):
         """The model stored in ``folder`` (its ``model.json`` has ``type`` = :attr:`name`)."""
-        raise NotImplementedError
 
     def predict(self, model, image: np.ndarray, cell_type: str) -> np.ndarray:
         """(H, W) int32 label image of one image."""
@@ -133,7 +136,10 @@ class ModelFamily:
         """The :class:`kit.postprocess.PostprocessConfig` a model of a ``fusion = "detections"``
         family paints its detections with (an ensemble paints fused detections with the first
         detection member's)."""
-        raise NotImplementedError(f"the {self.name} family does not output detections")
+        from kit.errors import ModelError
+
+        raise ModelError(f"the {self.name} family votes with label images: it has no detection "
+                         "post-processing")
 
     # -- tuning -----------------------------------------------------------------------------
 

@@ -42,6 +42,10 @@ class EnsembleFamily(ModelFamily):
     }
     tuned_keys = ("postprocess",) + CELL_TYPES
 
+    def fit(self, train, val, out: Path, options, log=None):
+        raise ValueError("an ensemble is not trained: make one from trained model folders with "
+                         "python -m kit.ensemble --out DIR --member MODEL_DIR[:WEIGHT] ...")
+
     def load(self, folder: Path) -> EnsembleModel:
         return EnsembleModel.load(folder)
 
