@@ -151,3 +151,11 @@ def atomic_open(path, mode: str = "w", **kwargs):
         if tmp is not None:
             _remove_uninterrupted(tmp)
         raise
+
+
+def write_atomic(path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    return path

@@ -44,11 +44,12 @@ import numpy as np
 
 from kit import CELL_TYPES
 from kit import rle as _rle
+from kit.atomic import write_atomic
 
 __all__ = [
     "DEFAULT_MIN_AREA", "HEAVY_OVERLAP", "LARGE_HOLE", "ImageEDA", "mask_pixels", "mask_crops",
     "crop_to_rle", "overlap_pairs", "analyze_image", "analyze", "summarize", "artifact_rows",
-    "format_report", "clean_rows", "write_clean_csv", "write_outputs", "write_atomic", "main",
+    "format_report", "clean_rows", "write_clean_csv", "write_outputs", "main",
 ]
 
 DEFAULT_MIN_AREA = 30  # smallest mask of the competition's train.csv: 30 px (shsy5y)
@@ -412,15 +413,6 @@ def format_report(summary: dict, inputs: Sequence[str], pngs: dict[str, str],
 
 # --------------------------------------------------------------------------------------------
 # Atomic writes and figures
-
-
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    from kit.atomic import atomic_open
-
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-    return path
 
 
 def _csv_bytes(rows: list[dict], columns: Sequence[str], lineterminator: str = "\n") -> bytes:

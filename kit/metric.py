@@ -231,6 +231,22 @@ def matched_pairs(gt, pred, shape=None, threshold: float = 0.5) -> tuple[np.ndar
     return ua[left], ub[match[left]]
 
 
+def overlap_table(gt, pred, shape=None) -> tuple[np.ndarray, ...]:
+    """Areas and intersections of two instance sets given as RLE lists or 3-D stacks.
+
+    Returns ``(gt_area, pred_area, gi, pi, inter)``: ``gt_area`` (G,) and ``pred_area`` (P,)
+    int64 pixel counts of every instance (0-based, list order), and for every pair with a
+    non-empty intersection its 0-based indices ``gi``, ``pi`` and ``inter`` (K,) int64 pixels.
+    Either side's instances may overlap each other (real GT does).
+    """
+    ga, pa = _as_runs(gt, shape, "gt"), _as_runs(pred, shape, "pred")
+    if ga[3] != pa[3]:
+        raise ValueError(f"gt ({ga[3]}) and pred ({pa[3]}) have different shapes")
+    a, b, c = _k.run_overlaps(ga[0], ga[1], ga[2], pa[0], pa[1], pa[2])
+    return (_k.run_areas(ga[0], ga[2])[1:], _k.run_areas(pa[0], pa[2])[1:], a - 1, b - 1,
+            c.astype(np.int64))
+
+
 def score_images(pairs: Iterable[tuple], shape=None) -> Iterator[ImageScore]:
     """Lazily score ``(id, cell_type, gt, pred)`` tuples; yields one ImageScore each."""
     for image_id, cell_type, gt, pred in pairs:

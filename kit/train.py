@@ -11,7 +11,8 @@ Every model goes through the same steps, so their numbers compare:
 2. for a family that uses validation images (:meth:`~kit.models.family.ModelFamily.wants_validation`,
    e.g. Mask R-CNN choosing its best epoch), set aside an inner validation split of the
    training folds (``--val-fraction``, grouped by sample: :func:`kit.data.inner_split`),
-   written to ``val.csv``: it is what chooses a checkpoint; the held-out fold chooses nothing;
+   written to ``val.csv``: it is what chooses a checkpoint; the held-out fold chooses nothing
+   (``--keep-validation`` sets it aside for every family, e.g. for nested tuning);
 3. fit the image -> cell-type classifier on the training folds (``celltype.joblib``) and
    report its accuracy on the held-out fold;
 4. fit the model through its family (:meth:`kit.models.family.ModelFamily.fit`) and save it
@@ -75,6 +76,15 @@ def check_inputs(args):
     check_run_folder(args.out, args.resume, args.fresh)
     check_writable_dir(args.out, "run folder")
     return config
+
+
+def _validation_role(family_selects: bool, has_val: bool) -> str:
+    """What the validation split chooses inside kit.train (for ``oof_score.json``)."""
+    if not has_val:
+        return "nothing (no validation split)"
+    if family_selects:
+        return "what the model family selects during training (e.g. the best epoch)"
+    return "nothing during training (kept aside, e.g. for nested post-processing tuning)"
 
 
 def fit_options(args):
@@ -173,6 +183,10 @@ def _main(argv=None) -> int:
     data.add_argument("--val-fraction", type=float, default=0.15,
                       help="inner validation split of the training folds (chooses the checkpoint; "
                            "0 = none: the last epoch is kept)")
+    data.add_argument("--keep-validation", action="store_true",
+                      help="set the validation split aside even for a family that selects nothing "
+                           "during training (its images then stay free for nested post-processing "
+                           "tuning, e.g. by kit.report)")
     data.add_argument("--livecell", type=Path, default=None,
                       help="LIVECell / COCO json to pre-train on first (trained models)")
     data.add_argument("--livecell-images", type=Path, default=None, help="folder of the --livecell images")
@@ -200,7 +214,7 @@ def _main(argv=None) -> int:
     config = check_inputs(args)
     train, held_out, folds = split_fold(args.data, args.fold, args.folds, args.n_folds, args.seed)
     fam = family(args.model)
-    wanted = fam.wants_validation(config)
+    wanted = fam.wants_validation(config) or args.keep_validation
     fit_train, val = inner_split(train, args.val_fraction if wanted else 0.0, args.seed)
     options = fit_options(args)
     out = args.out
@@ -219,8 +233,7 @@ def _main(argv=None) -> int:
     selection = {"held_out_fold": args.fold, "held_out_images": len(held_out),
                  "held_out_chooses": "nothing (scored only)",
                  "validation_images": len(val), "validation_ids": "val.csv",
-                 "validation_chooses": "what the model family selects during training (e.g. "
-                                       "the best epoch)" if val else "nothing (no validation split)"}
+                 "validation_chooses": _validation_role(fam.wants_validation(config), bool(val))}
     try:
         log("split", n_train=len(fit_train), n_val=len(val), n_held_out=len(held_out))
         acc = fit_cell_type_classifier(train, held_out, out)

@@ -78,8 +78,10 @@ def grids_of(kind: str) -> dict[str, tuple]:
 # Cache
 
 
-def build_cache(model_dir, records, out, progress: bool = True) -> Path:
-    """Run the model folder once per record, write ``out`` (module docstring). Returns ``out``."""
+def build_cache(model_dir, records, out, progress: bool = True, tuned: bool = True) -> Path:
+    """Run the model folder once per record, write ``out`` (module docstring). Returns ``out``.
+    ``tuned=False``: the folder's own ``tuned.yaml`` is not applied (its "before" state is
+    the trained model's; an ensemble's members keep theirs)."""
     from tqdm import tqdm
 
     from kit.models import load_model, model_type
@@ -87,7 +89,7 @@ def build_cache(model_dir, records, out, progress: bool = True) -> Path:
     model_dir, out = Path(model_dir), Path(out)
     kind = model_type(model_dir)
     fam = family(kind)
-    model = load_model(model_dir)
+    model = load_model(model_dir, tuned=tuned)
     sources = fam.cache_sources(model)
     for k, s in enumerate(sources):
         s["dir"] = f"s{k}"
@@ -283,9 +285,12 @@ def search(cache_dir, gt, model_type: str | None = None, n_jobs: int = 1, rounds
     results = {}
     with Parallel(n_jobs=n_jobs) as parallel:
         def evaluate(ct, ids, cands):
+            # image-major: one image's candidates run one after another in one worker, so a
+            # family's memo of work they share (e.g. Cellpose's flow following) is hit
             flat = parallel(delayed(_score_one)(str(cache_dir), meta, str(gt), i, ct, p)
-                            for p in cands for i in ids)
-            return [float(np.mean(flat[k * len(ids):(k + 1) * len(ids)])) for k in range(len(cands))]
+                            for i in ids for p in cands)
+            n = len(cands)
+            return [float(np.mean(flat[k::n])) for k in range(n)]
 
         for ct in wanted:
             ids = by_type[ct]

@@ -35,7 +35,8 @@ from typing import Sequence
 import numpy as np
 
 from kit import metric
-from kit.eda import mask_crops, mask_pixels, write_atomic
+from kit.atomic import write_atomic
+from kit.eda import mask_crops, mask_pixels
 
 __all__ = ["TP_COLOR", "FP_COLOR", "FN_COLOR", "TITLE_PX", "Overlay", "match_masks",
            "draw_outlines", "make_overlay", "figure_scale", "save_figure", "save_grid", "main"]
@@ -129,7 +130,7 @@ def _title(ov: Overlay) -> tuple[str, str]:
             f"{s.n_true} GT / {s.n_pred} pred")
 
 
-def _png_bytes(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -138,7 +139,7 @@ def _png_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,7 +150,7 @@ def _pyplot():
 
 def save_figure(ov: Overlay, path) -> Path:
     """Write the single figure of an overlay (layout in the module docstring) as PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     h, w = ov.rgb.shape[:2]
     s = figure_scale(w)
     img = np.repeat(np.repeat(ov.rgb, s, axis=0), s, axis=1)
@@ -162,12 +163,12 @@ def save_figure(ov: Overlay, path) -> Path:
     line1, line2 = _title(ov)
     fig.text(0.5, 1 - 6 / total, line1, ha="center", va="top", fontsize=10, weight="bold")
     fig.text(0.5, 1 - 25 / total, line2, ha="center", va="top", fontsize=8)
-    return write_atomic(Path(path), _png_bytes(fig))
+    return write_atomic(Path(path), png_bytes(fig))
 
 
 def save_grid(overlays: Sequence[Overlay], path, ncols: int = 3) -> Path:
     """Write a grid PNG of overlays (e.g. the worst K images), titled like the single figures."""
-    plt = _pyplot()
+    plt = pyplot()
     n = max(len(overlays), 1)
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
@@ -184,7 +185,7 @@ def save_grid(overlays: Sequence[Overlay], path, ncols: int = 3) -> Path:
         ax.set_title(f"{line1}\nTP {ov.tp} · FP {ov.fp} · FN {ov.fn}", fontsize=8)
     fig.suptitle("worst images (green TP, red FP, blue FN at IoU > 0.5)", fontsize=10)
     fig.tight_layout()
-    return write_atomic(Path(path), _png_bytes(fig))
+    return write_atomic(Path(path), png_bytes(fig))
 
 
 # --------------------------------------------------------------------------------------------

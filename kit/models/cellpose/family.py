@@ -45,9 +45,14 @@ class CellposeFamily(ModelFamily):
     def predict_raw(self, model, image: np.ndarray, cell_type: str, min_score=None) -> dict:
         return model.predict_raw(image, cell_type)
 
-    def postprocess_raw(self, raw, cell_type: str, params: dict, state: dict) -> np.ndarray:
+    def postprocess_raw(self, raw, cell_type: str, params: dict, state: dict, key=None) -> np.ndarray:
         full = {**state["cell_types"][cell_type], **params}
-        return labels_from_raw(raw, full, state["max_size_fraction"])
+        return labels_from_raw(raw, full, state["max_size_fraction"], key=key)
+
+    def render(self, raws: list, state: dict, cell_type: str, params: dict, key=None) -> np.ndarray:
+        """As the protocol's, with the flow-following step memoised per cached image (``key``):
+        candidates that differ only in ``flow_threshold`` / ``min_size`` share it."""
+        return self.postprocess_raw(raws[0], cell_type, params, state, key=key)
 
     def tuning_state(self, model: CellposeSegmenter) -> dict:
         return {"cell_types": {ct: kconfig.to_dict(model.config.cell_types[ct]) for ct in CELL_TYPES},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +17,51 @@ from kit.models.cellpose.data import _normalize_params
 from kit.models.cellpose.network import _load_state_dict, _new_cellpose_model
 
 
+# (key, cellprob_threshold, niter, max_size_fraction) -> masks before the flow check
+_FLOW_MEMO: OrderedDict = OrderedDict()
+_FLOW_MEMO_SIZE = 8
+
+
+def _followed_masks(dP, cellprob, niter, cellprob_threshold, max_size_fraction, device, key):
+    """Cellpose's masks after following the flows, before the flow check and the size filter
+    (what :func:`cellpose.dynamics.compute_masks` does first), memoised per ``key`` (a cached
+    image's name) and the two settings they depend on: candidates that differ only in
+    ``flow_threshold`` or ``min_size`` reuse them."""
+    from cellpose import dynamics
+
+    memo_key = None if key is None else (key, float(cellprob_threshold), float(niter),
+                                         float(max_size_fraction))
+    if memo_key is not None and memo_key in _FLOW_MEMO:
+        _FLOW_MEMO.move_to_end(memo_key)
+        return _FLOW_MEMO[memo_key].copy()  # the later steps edit masks in place
+    masks = dynamics.compute_masks(dP, cellprob, niter=niter, cellprob_threshold=cellprob_threshold,
+                                   flow_threshold=0.0, interp=True, max_size_fraction=max_size_fraction,
+                                   device=device)
+    if memo_key is not None:
+        _FLOW_MEMO[memo_key] = masks.copy()
+        while len(_FLOW_MEMO) > _FLOW_MEMO_SIZE:
+            _FLOW_MEMO.popitem(last=False)
+    return masks
+
+
 def labels_from_raw(raw: dict, params: CellTypeConfig | dict, max_size_fraction: float = 0.4,
-                    device=None) -> np.ndarray:
+                    device=None, key=None) -> np.ndarray:
     """(H, W) int32 labels ``1..N`` (non-overlapping) of a raw output
     (:meth:`CellposeSegmenter.predict_raw`) by cellpose's dynamics, without a network.
 
     ``params``: a :class:`CellTypeConfig` or a dict of its keys (checked; missing keys take the
     class defaults); ``params.niter`` None = the raw output's ``niter``. ``max_size_fraction``:
     masks larger than this fraction of the image are dropped (cellpose's rule). ``device``:
-    a ``torch.device`` for the dynamics (default CPU).
+    a ``torch.device`` for the dynamics (default CPU). ``key``: a hashable name of this raw
+    output; with it the flow-following step is memoised (:func:`_followed_masks`), so a search
+    over ``flow_threshold`` / ``min_size`` runs it once per ``cellprob_threshold``.
+
+    The steps are cellpose's ``resize_and_compute_masks``: follow the flows, the flow check
+    (``flow_threshold`` > 0), resize to the image, fill holes and drop masks below ``min_size``.
     """
+    import cv2
     import fastremap
-    from cellpose import dynamics
+    from cellpose import dynamics, transforms, utils
 
     if isinstance(params, dict):
         params = _config.from_dict(CellTypeConfig, params, "params")
@@ -38,11 +72,18 @@ def labels_from_raw(raw: dict, params: CellTypeConfig | dict, max_size_fraction:
     shape = tuple(raw["shape"])
     dP, cellprob = raw["dP"], raw["cellprob"]
     resize = None if tuple(cellprob.shape) == shape else list(shape)
-    masks = dynamics.resize_and_compute_masks(
-        dP, cellprob, niter=params.niter if params.niter is not None else raw["niter"],
-        cellprob_threshold=params.cellprob_threshold, flow_threshold=params.flow_threshold,
-        interp=True, resize=resize, min_size=params.min_size,
-        max_size_fraction=max_size_fraction, device=device)
+    niter = params.niter if params.niter is not None else raw["niter"]
+    masks = _followed_masks(dP, cellprob, niter, params.cellprob_threshold, max_size_fraction,
+                            device, key)
+    if masks.max() > 0 and params.flow_threshold is not None and params.flow_threshold > 0:
+        masks = dynamics.remove_bad_flow_masks(masks, dP, threshold=params.flow_threshold,
+                                               device=device)
+    if masks.max() < 2 ** 16 and masks.dtype != np.uint16:
+        masks = masks.astype(np.uint16)
+    if resize is not None:
+        masks = transforms.resize_image(masks, resize[0], resize[1], no_channels=True,
+                                        interpolation=cv2.INTER_NEAREST)
+    masks = utils.fill_holes_and_remove_small_masks(masks, min_size=params.min_size)
     labels = np.asarray(masks).astype(np.int32, copy=False)
     labels, _ = fastremap.renumber(labels, in_place=True)
     return np.ascontiguousarray(labels, dtype=np.int32)

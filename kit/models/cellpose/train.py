@@ -23,6 +23,7 @@ from kit.models.cellpose.data import _ImageSet, _median_diameters, _prepare, tar
 from kit.models.cellpose.model import CellposeSegmenter
 from kit.models.cellpose.network import _load_state_dict, _new_cellpose_model, _resolve_weights
 from kit.models.family import FitOptions
+from kit.models.schedule import BudgetClock, halving_tail
 
 
 def seg_loss(lbl: np.ndarray, y, device=None):
@@ -362,6 +363,7 @@ def _train_stages(run: _Run, options: FitOptions, log: Callable) -> float:
     epoch_log = _EpochLog(run.out / EPOCH_LOG, keep_through=run.done)
     total = run.total_epochs
     t0 = time.time()
+    clock = BudgetClock(options.time_budget_s, now=t0)
     ran = 0
     bar = tqdm(total=total, initial=run.done, desc="cellpose epochs", unit="ep",
                disable=not options.progress)
@@ -380,8 +382,9 @@ def _train_stages(run: _Run, options: FitOptions, log: Callable) -> float:
             for g in range(run.done, end):
                 t_ep = time.time()
                 _seed_all(tcfg.seed, g)
-                loss, n_crops = _train_epoch(run.net, opt, stage_data, float(rates[g - start]),
-                                             cfg.diam_mean, tcfg)
+                # With a time budget the end-of-run decay happens in the budget's last fifth.
+                lr = float(rates[g - start]) * halving_tail(clock.fraction())
+                loss, n_crops = _train_epoch(run.net, opt, stage_data, lr, cfg.diam_mean, tcfg)
                 if not math.isfinite(loss):
                     raise RuntimeError(f"training diverged: loss is {loss} at epoch {g + 1}; "
                                        "lower train.lr")
@@ -392,13 +395,12 @@ def _train_stages(run: _Run, options: FitOptions, log: Callable) -> float:
                 run.done, ran = g + 1, ran + 1
                 elapsed = run.seconds_before + time.time() - t0
                 epoch_log.write(epoch=run.done, stage=stage, stage_epoch=g + 1 - start,
-                                lr=float(rates[g - start]), train_loss=round(loss, 6),
+                                lr=lr, train_loss=round(loss, 6),
                                 val_loss=vloss, seconds=round(time.time() - t_ep, 2),
                                 n_crops=n_crops)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}")
-                over_time = (options.time_budget_s is not None
-                             and time.time() - t0 >= options.time_budget_s)
+                over_time = clock.spent()
                 over_count = options.stop_after_epochs is not None and ran >= options.stop_after_epochs
                 if run.done % tcfg.save_every == 0 or run.done == end or over_time or over_count:
                     run.save_checkpoint(opt if run.done < end else None, elapsed)

@@ -23,9 +23,11 @@ abort the run). Files in ``--out``:
   (the metric's rule), so the MAP is never NaN; with no validation images the last epoch is kept;
 * ``livecell_model.pt`` -- the LIVECell stage's final weights; ``train.log`` events.
 
-``--time-budget MINUTES`` stops a stage after the first epoch that ends past the budget
-(counted from the start of the run; each stage trains at least one epoch), evaluates, saves
-the checkpoint and scores the best model; ``--resume`` continues later.
+``--time-budget MINUTES`` stops a stage when the budget is spent (counted from the start of
+the run; the epoch then running ends early; each stage trains at least one step), evaluates,
+saves the checkpoint and scores the best model; ``--resume`` continues later. Within the
+budget the learning-rate schedule runs on time as well as iterations (:func:`lr_at`), so the
+cosine decay ends when the budget does.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from kit.models.maskrcnn.config import MaskRCNNConfig, load_config
 from kit.models.maskrcnn.model import MaskRCNNModel
 from kit.models.maskrcnn.network import build_network
 from kit.models.maskrcnn.weights import load_pretrained
+from kit.models.schedule import BudgetClock
 
 __all__ = ["fit", "lr_at", "evaluate", "livecell_classes"]
 
@@ -54,14 +57,17 @@ EVAL_COLUMNS = ["stage", "epoch", "iteration", "map", "shsy5y", "astro", "cort",
                 "n_pred", "seconds", "best"]
 
 
-def lr_at(it: int, total: int, tcfg) -> float:
-    """Learning rate at stage iteration ``it`` of ``total``: linear warm-up, then the schedule."""
+def lr_at(it: int, total: int, tcfg, time_fraction: float = 0.0) -> float:
+    """Learning rate at stage iteration ``it`` of ``total``: linear warm-up, then the schedule,
+    whose progress is the larger of ``it / total`` and ``time_fraction`` (the elapsed share of
+    a time budget, :class:`kit.models.schedule.BudgetClock`), so that a run a budget stops
+    still decays."""
     base = tcfg.lr
+    frac = max(min(it / max(total, 1), 1.0), time_fraction)
     if tcfg.schedule == "cosine":
-        frac = min(it / max(total, 1), 1.0)
         lr = base * 0.5 * (1.0 + math.cos(math.pi * frac))
     elif tcfg.schedule == "step":
-        lr = base * 0.1 ** sum(it >= s * total for s in tcfg.steps)
+        lr = base * 0.1 ** sum(frac >= s for s in tcfg.steps)
     else:
         lr = base
     if it < tcfg.warmup_iters:
@@ -171,6 +177,10 @@ class _Trainer:
                  iters_per_epoch=per_epoch, start_epoch=start_epoch, device=str(self.device))
         params = [p for p in net.parameters() if p.requires_grad]
         nonfinite = 0
+        # The Sartorius stage's schedule follows the time left to the deadline too (a stage the
+        # budget stops still decays); a resumed run re-anneals over its new budget.
+        timed = deadline is not None and stage == "sartorius"
+        clock = BudgetClock(max(deadline - time.time(), 0.0) if timed else None)
         for epoch in range(start_epoch, epochs):
             ds.set_epoch(epoch)
             gen = torch.Generator().manual_seed(tcfg.seed * 1000 + epoch)
@@ -183,7 +193,7 @@ class _Trainer:
                 if step >= per_epoch:
                     break
                 t0 = time.time()
-                lr = lr_at(epoch * per_epoch + step, total, tcfg)
+                lr = lr_at(epoch * per_epoch + step, total, tcfg, clock.fraction())
                 for g in opt.param_groups:
                     g["lr"] = lr
                 images = [im.to(self.device, non_blocking=True) for im in images]
@@ -218,6 +228,8 @@ class _Trainer:
                     raise RuntimeError(f"training diverged: {nonfinite} non-finite losses in a row "
                                        f"(stage {stage}, iteration {iteration}); lower train.lr or "
                                        f"raise train.warmup_iters")
+                if clock.spent():  # the learning rate has decayed to 0: end the epoch here
+                    break
             done = epoch + 1
             self.log("epoch", stage=stage, epoch=done, iteration=iteration,
                      seconds=round(time.time() - t_epoch, 1))
