@@ -64,6 +64,7 @@ class Plan:
     parallel: int
     n_jobs: int
     progress: bool
+    livecell: tuple = ()   # (COCO json, images folder): the learned models' LIVECell stage
 
 
 class Progress:
@@ -95,6 +96,8 @@ def train_command(plan: Plan, model: str) -> list[str]:
         cmd += ["--config", str(plan.configs[model])]
     if plan.budgets.get(model) is not None:
         cmd += ["--time-budget", str(plan.budgets[model])]
+    if plan.livecell and model != "baseline":
+        cmd += ["--livecell", str(plan.livecell[0]), "--livecell-images", str(plan.livecell[1])]
     return cmd
 
 
@@ -113,6 +116,9 @@ def finished_run_matches(plan: Plan, model: str) -> bool:
         return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
 
     want_cfg = plan.configs.get(model)
+    livecell = plan.livecell if plan.livecell and model != "baseline" else (None, None)
+    if not (same_path(params.get("livecell"), livecell[0]) or params.get("livecell") == livecell[0]):
+        return False
     try:
         same_cfg = _sha(params.get("config")) == _sha(want_cfg)
     except OSError:
@@ -375,9 +381,16 @@ def make_plan(args) -> Plan:
         raise ValueError(f"--tta {args.tta}: unknown view(s) {bad}; choose from {list(TRANSFORMS)}")
     if not 0 < args.val_fraction < 0.5:
         raise ValueError(f"--val-fraction must be in (0, 0.5), got {args.val_fraction}")
+    livecell = ()
+    if args.livecell is not None:
+        images = args.livecell_images
+        if images is None or not images.is_dir() or not args.livecell.is_file():
+            raise FileNotFoundError(f"--livecell {args.livecell} needs a COCO json file and "
+                                    f"--livecell-images, the folder of its images (got {images})")
+        livecell = (args.livecell.resolve(), images.resolve())
     return Plan(args.data.resolve(), args.folds.resolve(), args.held_out, args.out.resolve(), models,
                 configs, budgets, members, tta, args.val_fraction, args.seed, max(1, args.parallel),
-                max(1, args.n_jobs), not args.quiet)
+                max(1, args.n_jobs), not args.quiet, livecell)
 
 
 def _main(argv=None) -> int:
@@ -398,6 +411,10 @@ def _main(argv=None) -> int:
     parser.add_argument("--members", nargs="*", default=None,
                         help="ensemble members (default: every model but the baseline; none: no ensemble)")
     parser.add_argument("--tta", default="id,hflip", help="TTA views of ensemble_tta ('none': skip it)")
+    parser.add_argument("--livecell", type=Path, default=None,
+                        help="LIVECell COCO json: the learned models' pre-training stage (their "
+                             "config's livecell_epochs)")
+    parser.add_argument("--livecell-images", type=Path, default=None, help="folder of the --livecell images")
     parser.add_argument("--val-fraction", type=float, default=0.15,
                         help="inner validation split of the training folds (chooses everything)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the validation split")

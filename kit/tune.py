@@ -58,6 +58,7 @@ import numpy as np
 
 from kit import CELL_TYPES
 from kit.atomic import atomic_open
+from kit.memo import BoundedMemo
 from kit.models.family import load_raw, save_raw
 from kit.models.registry import family
 from kit.models.tuned import read_tuned
@@ -145,16 +146,11 @@ def tunable_params(meta: dict) -> list[str]:
     return family(meta["model_type"]).tunable_params(meta["state"])
 
 
-_MEMO: dict = {}
-_MEMO_MAX = 256
+_MEMO = BoundedMemo(256)   # loaded raw outputs and ground truth, by file and mtime
 
 
 def _memo(key, make: Callable):
-    if key not in _MEMO:
-        if len(_MEMO) >= _MEMO_MAX:
-            _MEMO.clear()
-        _MEMO[key] = make()
-    return _MEMO[key]
+    return _MEMO.get(key, make)
 
 
 def render(cache_dir, meta: dict, image_id: str, cell_type: str, params: dict) -> np.ndarray:

@@ -157,6 +157,7 @@ def test_rerun_reuses_every_stage(report, real_dir):
     (["--budget", "detectron=3"], "detectron is not in --models"),
     (["--models", "ensemble"], "cannot be trained"),
     (["--tta", "id,spin"], "unknown view"),
+    (["--livecell", "nope.json"], "needs a COCO json"),
 ])
 def test_bad_options_exit_2_before_anything_is_written(real_dir, tmp_path, extra, message):
     out = tmp_path / "out"

@@ -60,6 +60,15 @@ the in-memory image set), ``network`` (random-init CPnet, loading weights files)
 """
 from __future__ import annotations
 
+import warnings
+
+# Two notices cellpose 3 triggers on every import / every mask computation with torch 2.14;
+# neither says anything about the kit's use (no sparse tensor is built by hand, no script is saved).
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled",
+                        category=UserWarning)
+warnings.filterwarnings("ignore", message=r"`torch.jit.script_method` is deprecated",
+                        category=FutureWarning)
+
 from kit.models.cellpose.config import (CHECKPOINT, CONFIG_COPY, DEFAULT_CONFIG, EPOCH_LOG,
                                         SIZE_MODEL, WEIGHTS, CellposeConfig, CellTypeConfig,
                                         InferenceConfig, SizeModelConfig, TrainConfig,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +14,11 @@ from kit.models.cellpose.config import (CHANNELS, WEIGHTS, CellposeConfig, CellT
                                         renamed_keys)
 from kit.models.cellpose.data import _normalize_params
 from kit.models.cellpose.network import _load_state_dict, _new_cellpose_model
+from kit.memo import BoundedMemo
 
 
 # (key, cellprob_threshold, niter, max_size_fraction) -> masks before the flow check
-_FLOW_MEMO: OrderedDict = OrderedDict()
-_FLOW_MEMO_SIZE = 8
+_FLOW_MEMO = BoundedMemo(8)
 
 
 def _followed_masks(dP, cellprob, niter, cellprob_threshold, max_size_fraction, device, key):
@@ -29,19 +28,15 @@ def _followed_masks(dP, cellprob, niter, cellprob_threshold, max_size_fraction, 
     ``flow_threshold`` or ``min_size`` reuse them."""
     from cellpose import dynamics
 
-    memo_key = None if key is None else (key, float(cellprob_threshold), float(niter),
-                                         float(max_size_fraction))
-    if memo_key is not None and memo_key in _FLOW_MEMO:
-        _FLOW_MEMO.move_to_end(memo_key)
-        return _FLOW_MEMO[memo_key].copy()  # the later steps edit masks in place
-    masks = dynamics.compute_masks(dP, cellprob, niter=niter, cellprob_threshold=cellprob_threshold,
-                                   flow_threshold=0.0, interp=True, max_size_fraction=max_size_fraction,
-                                   device=device)
-    if memo_key is not None:
-        _FLOW_MEMO[memo_key] = masks.copy()
-        while len(_FLOW_MEMO) > _FLOW_MEMO_SIZE:
-            _FLOW_MEMO.popitem(last=False)
-    return masks
+    def follow():
+        return dynamics.compute_masks(dP, cellprob, niter=niter, cellprob_threshold=cellprob_threshold,
+                                      flow_threshold=0.0, interp=True,
+                                      max_size_fraction=max_size_fraction, device=device)
+
+    if key is None:
+        return follow()
+    memo_key = (key, float(cellprob_threshold), float(niter), float(max_size_fraction))
+    return _FLOW_MEMO.get(memo_key, follow).copy()  # the later steps edit masks in place
 
 
 def labels_from_raw(raw: dict, params: CellTypeConfig | dict, max_size_fraction: float = 0.4,

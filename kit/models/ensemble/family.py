@@ -16,6 +16,7 @@ import numpy as np
 
 from kit import CELL_TYPES
 from kit import config as kconfig
+from kit.memo import BoundedMemo
 from kit.models.ensemble.config import EnsembleConfig, EnsembleTypeParams
 from kit.models.ensemble.fusion import fuse_detections
 from kit.models.ensemble.model import EnsembleModel, combine
@@ -25,8 +26,7 @@ from kit.postprocess import TYPE_PARAM_GRIDS, PostprocessConfig
 
 PP_KEYS = ("score", "nms", "pixel", "min_area", "max_area")
 ENS_KEYS = ("wbf_iou", "wbf_skip", "min_support", "pixel_vote", "match_iou")
-_FUSED: dict = {}   # fused detections, by cached image and fusion parameters
-_FUSED_MAX = 32
+_FUSED = BoundedMemo(32)   # fused detections, by cached image and fusion parameters
 
 
 class EnsembleFamily(ModelFamily):
@@ -121,12 +121,8 @@ class EnsembleFamily(ModelFamily):
         fused = None
         if dets and key is not None:   # the fusion depends on few parameters: reuse it
             fkey = (key, etp.wbf_iou, etp.wbf_skip, conf, tuple(det_ids))
-            if fkey not in _FUSED:
-                if len(_FUSED) >= _FUSED_MAX:
-                    _FUSED.clear()
-                _FUSED[fkey] = fuse_detections([d for d, _ in dets], [w for _, w in dets],
-                                               etp.wbf_iou, etp.wbf_skip, conf)
-            fused = _FUSED[fkey]
+            fused = _FUSED.get(fkey, lambda: fuse_detections(
+                [d for d, _ in dets], [w for _, w in dets], etp.wbf_iou, etp.wbf_skip, conf))
         return combine(dets, labels, cell_type, etp, pp, conf, fused=fused)
 
     def tuned_document(self, state: dict, best: dict) -> dict:
