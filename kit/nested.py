@@ -42,7 +42,7 @@ def ensure_cache(model_dir, records: Sequence, cache_dir, progress: bool = True)
     cache of exactly these ids (in order) is there and newer than the model's ``model.json``.
     The folder's own ``tuned.yaml`` is not applied: the cache's "before" is the trained model.
     Returns ``(cache_dir, built)``."""
-    from kit.tune import build_cache
+    from kit.tuning import build_cache
 
     cache_dir = Path(cache_dir)
     ids = [r.id for r in records]
@@ -84,14 +84,14 @@ class HeldOutScores:
 def _evaluate(cache_dir: str, meta: dict, gt: Mapping, image_id: str, cell_type: str,
               params: dict):
     """Worker task: (ImageScore, ErrorCounts, post-processing seconds) of one cached image."""
-    from kit.submission import labels_to_rles
-    from kit.tune import render
+    from kit.rle import encode_labels
+    from kit.tuning import render
 
     rles, shape = gt[image_id]
     t0 = time.perf_counter()
     labels = render(cache_dir, meta, image_id, cell_type, params)
     seconds = time.perf_counter() - t0
-    pred = labels_to_rles(labels)
+    pred = encode_labels(labels)
     score = metric.image_score(list(rles), labels, shape, id=image_id, cell_type=cell_type)
     return score, image_errors(rles, pred, shape), seconds
 
@@ -103,7 +103,7 @@ def score_cache(cache_dir, gt_records: Sequence, params_of: Callable[[str], dict
     Predictions are not kept (memory stays flat): :func:`predictions` renders a few again."""
     from joblib import Parallel, delayed
 
-    from kit.tune import default_params, load_cache
+    from kit.tuning import default_params, load_cache
 
     cache_dir = Path(cache_dir)
     meta = load_cache(cache_dir)
@@ -132,10 +132,10 @@ def score_cache(cache_dir, gt_records: Sequence, params_of: Callable[[str], dict
 def predictions(cache_dir, image_ids: Sequence[str], params: Mapping[str, dict]) -> dict[str, list]:
     """``{id: RLE list}`` of a few cached images rendered with ``params[cell_type]`` (as
     :attr:`HeldOutScores.params`), e.g. for figures."""
-    from kit.submission import labels_to_rles
-    from kit.tune import load_cache, render
+    from kit.rle import encode_labels
+    from kit.tuning import load_cache, render
 
     meta = load_cache(cache_dir)
     types = {i["id"]: i["cell_type"] for i in meta["images"]}
-    return {k: labels_to_rles(render(str(cache_dir), meta, k, types[k], dict(params[types[k]])))
+    return {k: encode_labels(render(str(cache_dir), meta, k, types[k], dict(params[types[k]])))
             for k in image_ids}

@@ -205,7 +205,7 @@ def tune_model(plan: Plan, name: str, folder: Path, val_records, say: Progress) 
     ``OUT/tuned/NAME.yaml`` (+ ``.md``, ``.json``) and copy it into the folder as ``tuned.yaml``.
     Reuses a tuned file newer than its cache. Returns the search summary."""
     from kit.nested import ensure_cache
-    from kit.tune import load_cache, search, write_outputs
+    from kit.tuning import load_cache, search, write_outputs
 
     cache, built = ensure_cache(folder, val_records, plan.out / "cache" / name / "val",
                                 progress=plan.progress)
@@ -218,7 +218,9 @@ def tune_model(plan: Plan, name: str, folder: Path, val_records, say: Progress) 
     else:
         t0 = time.perf_counter()
         meta = load_cache(cache)
-        result = search(cache, plan.data / "train.csv", n_jobs=plan.n_jobs, log=lambda *_: None)
+        say(f"tune {name}: searching on {len(meta['images'])} validation images")
+        result = search(cache, plan.data / "train.csv", n_jobs=plan.n_jobs,
+                        log=lambda message: say(f"tune {name}: {message}"))
         tuned.parent.mkdir(parents=True, exist_ok=True)
         write_outputs(tuned, meta, result, cache, plan.data / "train.csv")
         summary = {"images": len(meta["images"]), "seconds": round(time.perf_counter() - t0, 1),
@@ -257,7 +259,7 @@ def make_ensembles(plan: Plan, say: Progress) -> dict[str, Path]:
     """The ensemble folders (members with their tuned post-processing): ``ensemble`` (no TTA)
     and ``ensemble_tta`` (``plan.tta``), written when missing or older than a member's tuned
     file."""
-    from kit.models.ensemble import make_ensemble
+    from kit.models.registry import family
 
     members = [(plan.out / "models" / m, 1.0) for m in plan.members]
     newest = max((p / "tuned.yaml").stat().st_mtime for p, _ in members)
@@ -270,7 +272,7 @@ def make_ensembles(plan: Plan, say: Progress) -> dict[str, Path]:
         if not mj.is_file() or mj.stat().st_mtime < newest:
             if folder.exists():
                 shutil.rmtree(folder)
-            make_ensemble(folder, members, list(views))
+            family("ensemble").make(folder, members, list(views))
             say(f"{name}: members {', '.join(plan.members)}, TTA {','.join(views)}")
         out[name] = folder
     return out
@@ -373,12 +375,11 @@ def make_plan(args) -> Plan:
     bad = [m for m in members if m not in models]
     if bad:
         raise ValueError(f"--members {bad}: not in --models {list(models)}")
-    from kit.models.ensemble import TRANSFORMS
-
+    views = family("ensemble").views
     tta = tuple(t.strip() for t in args.tta.split(",") if t.strip()) if args.tta != "none" else ()
-    bad = [t for t in tta if t not in TRANSFORMS]
+    bad = [t for t in tta if t not in views]
     if bad:
-        raise ValueError(f"--tta {args.tta}: unknown view(s) {bad}; choose from {list(TRANSFORMS)}")
+        raise ValueError(f"--tta {args.tta}: unknown view(s) {bad}; choose from {list(views)}")
     if not 0 < args.val_fraction < 0.5:
         raise ValueError(f"--val-fraction must be in (0, 0.5), got {args.val_fraction}")
     livecell = ()

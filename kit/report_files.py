@@ -157,7 +157,7 @@ def _gains(rows) -> list[str]:
 
 def bar_chart(rows, cell_types, path: Path) -> Path:
     """Grouped bars: per row, the held-out MAP overall and per cell type (PNG)."""
-    from kit.viz import png_bytes, pyplot
+    from kit.overlay import png_bytes, pyplot
     from kit.atomic import write_atomic
 
     plt = pyplot()
@@ -180,7 +180,7 @@ def bar_chart(rows, cell_types, path: Path) -> Path:
 def best_worst_figure(plan, row: Row, held_out, path: Path) -> tuple[Path, list]:
     """TP/FP/FN outlines of the best and worst held-out image per cell type of ``row``."""
     from kit.nested import predictions
-    from kit.viz import make_overlay, save_grid
+    from kit.overlay import make_overlay, save_grid
 
     by_id = {r.id: r for r in held_out}
     chosen = []

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kit import eda, rle
-from kit.data import ImageRecord, read_coco, read_train_csv
+from kit.data import ImageRecord, read_train_csv
 from tests.conftest import run_module
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

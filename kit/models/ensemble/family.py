@@ -19,8 +19,8 @@ from kit import config as kconfig
 from kit.memo import BoundedMemo
 from kit.models.ensemble.config import EnsembleConfig, EnsembleTypeParams
 from kit.models.ensemble.fusion import fuse_detections
-from kit.models.ensemble.model import EnsembleModel, combine
-from kit.models.ensemble.tta import tta_apply, tta_invert_detections, tta_invert_labels
+from kit.models.ensemble.model import EnsembleModel, combine, make_ensemble
+from kit.models.ensemble.tta import TRANSFORMS, tta_apply, tta_invert_detections, tta_invert_labels
 from kit.models.family import ModelFamily
 from kit.postprocess import TYPE_PARAM_GRIDS, PostprocessConfig
 
@@ -32,6 +32,7 @@ _FUSED = BoundedMemo(32)   # fused detections, by cached image and fusion parame
 class EnsembleFamily(ModelFamily):
     name = "ensemble"
     trainable = False
+    views = TRANSFORMS   # the TTA views an ensemble folder may name
     grids = {
         **TYPE_PARAM_GRIDS,
         "wbf_iou": (0.4, 0.5, 0.55, 0.6, 0.7, 0.8),
@@ -45,6 +46,11 @@ class EnsembleFamily(ModelFamily):
     def fit(self, train, val, out: Path, options, log=None):
         raise ValueError("an ensemble is not trained: make one from trained model folders with "
                          "python -m kit.ensemble --out DIR --member MODEL_DIR[:WEIGHT] ...")
+
+    def make(self, out: Path, members, views=("id",)) -> Path:
+        """Write an ensemble folder of ``members`` (``(model folder, weight)`` pairs) with the
+        TTA ``views`` (:func:`kit.models.ensemble.make_ensemble`); returns ``out``."""
+        return make_ensemble(out, members, views)
 
     def load(self, folder: Path) -> EnsembleModel:
         return EnsembleModel.load(folder)
