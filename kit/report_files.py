@@ -204,6 +204,11 @@ def write_report(plan, rows, tuning: dict, trained: dict, val_ids, held_out, say
     figure, shown = best_worst_figure(plan, best, held_out, out / "figures" / "best_worst.png")
     goal = targets(rows)
     n_val = len(val_ids)
+    own_oof = {}
+    for m in plan.models:
+        path = out / "models" / m / "oof_score.json"
+        if path.is_file():
+            own_oof[m] = json.loads(path.read_text())["map"]
     selection = (f"The held-out fold {plan.held_out} ({len(held_out)} images) chose nothing. The "
                  f"validation split ({n_val} images of the training folds, the same for every "
                  f"model, in each model's val.csv) chose the Mask R-CNN epoch and every tuned "
@@ -213,11 +218,15 @@ def write_report(plan, rows, tuning: dict, trained: dict, val_ids, held_out, say
            "models": list(plan.models), "members": list(plan.members), "tta": list(plan.tta),
            "configs": {m: str(p) for m, p in plan.configs.items()}, "budgets_minutes": plan.budgets,
            "selection": selection, "training": trained, "tuning": tuning,
-           "rows": [r.as_dict() for r in rows], "targets": goal,
+           "rows": [r.as_dict() for r in rows], "targets": goal, "kit_train_oof_map": own_oof,
            "files": {"chart": str(chart), "figure": str(figure), "figure_ids": shown}}
     lines = [f"# Held-out report: fold {plan.held_out} of {plan.folds.name}", "",
              f"Data: `{plan.data}`; {len(held_out)} held-out images; validation split {n_val} images.",
              "", selection, "", score_table(rows, cell_types), "",
+             "Rows render every held-out image with its true cell type. kit.train's own "
+             "out-of-fold MAP uses the model's cell-type rule (Mask R-CNN's `cell_type: vote`: "
+             "the majority class of its detections): "
+             + ", ".join(f"{m} {v:.3f}" for m, v in own_oof.items()) + ".", "",
              "AP per IoU threshold:", "", ap_table(rows), "",
              "What tuning and TTA changed (held-out numbers; chosen on the validation split):", "",
              *_gains(rows), "", "Targets:", "",
