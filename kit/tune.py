@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import Sequence
 
 from kit import CELL_TYPES
-from kit.tuning import _score_one  # noqa: F401
 from kit.tuning import (CACHE_FILE, CACHE_FORMAT, SearchResult, TypeResult, build_cache,
                         default_params, grids_of, load_cache, render, search, tunable_params,
                         tuned_document, write_outputs)
