@@ -149,8 +149,9 @@ def save_figure(ov: Overlay, path) -> Path:
     return write_atomic(Path(path), png_bytes(fig))
 
 
-def save_grid(overlays: Sequence[Overlay], path, ncols: int = 3) -> Path:
-    """Write a grid PNG of overlays (e.g. the worst K images), titled like the single figures."""
+def save_grid(overlays: Sequence[Overlay], path, ncols: int = 3, title: str = "worst images") -> Path:
+    """Write a grid PNG of overlays (e.g. the worst K images), titled like the single figures,
+    under ``title`` and the colour key."""
     plt = pyplot()
     n = max(len(overlays), 1)
     ncols = max(1, min(ncols, n))
@@ -166,7 +167,7 @@ def save_grid(overlays: Sequence[Overlay], path, ncols: int = 3) -> Path:
         ax.imshow(ov.rgb, interpolation="antialiased")
         line1 = _title(ov)[0]
         ax.set_title(f"{line1}\nTP {ov.tp} · FP {ov.fp} · FN {ov.fn}", fontsize=8)
-    fig.suptitle("worst images (green TP, red FP, blue FN at IoU > 0.5)", fontsize=10)
+    fig.suptitle(f"{title} (green TP, red FP, blue FN at IoU > 0.5)", fontsize=10)
     fig.tight_layout()
     return write_atomic(Path(path), png_bytes(fig))
 

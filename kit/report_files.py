@@ -190,7 +190,8 @@ def best_worst_figure(plan, row: Row, held_out, path: Path) -> tuple[Path, list]
     preds = predictions(plan.out / "cache" / row.model / "held_out", chosen, row.scores.params)
     overlays = [make_overlay(by_id[i].load_image(), by_id[i].rles, preds[i], id=i,
                              cell_type=by_id[i].cell_type) for i in chosen]
-    return save_grid(overlays, path, ncols=2), chosen
+    title = f"{row.name}: best (left) and worst (right) held-out image per cell type"
+    return save_grid(overlays, path, ncols=2, title=title), chosen
 
 
 def write_report(plan, rows, tuning: dict, trained: dict, val_ids, held_out, say) -> dict:
