@@ -70,16 +70,11 @@ def image_errors(gt_rles, pred_rles, shape) -> ErrorCounts:
     gt_rles, pred_rles = list(gt_rles), list(pred_rles)
     g_area, p_area, gi, pi, inter = metric.overlap_table(gt_rles, pred_rles, shape)
     n_gt, n_pred = len(gt_rles), len(pred_rles)
-    out = ErrorCounts(n_gt=n_gt, n_pred=n_pred)
+    gt_matched, pred_matched = np.zeros(n_gt, bool), np.zeros(n_pred, bool)
     if n_gt and n_pred:
         mg, mp = metric.matched_pairs(gt_rles, pred_rles, shape, 0.5)
-        gt_matched = np.zeros(n_gt, bool)
-        pred_matched = np.zeros(n_pred, bool)
         gt_matched[mg - 1] = True
         pred_matched[mp - 1] = True
-    else:
-        gt_matched, pred_matched = np.zeros(n_gt, bool), np.zeros(n_pred, bool)
-    out.tp = int(gt_matched.sum())
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = inter / (g_area[gi] + p_area[pi] - inter)
         covers = inter / g_area[gi] >= HALF      # the prediction covers half of the GT mask
@@ -96,28 +91,24 @@ def image_errors(gt_rles, pred_rles, shape) -> ErrorCounts:
     piece_pred[pi[inside & split_gt[gi]]] = True
 
     median = float(np.median(g_area)) if n_gt else 0.0
-    for g in np.flatnonzero(~gt_matched):
-        if merged_gt[g]:
-            out.fn_merged += 1
-        elif split_gt[g]:
-            out.fn_split += 1
-        elif best_g[g] < FOUND_IOU:
-            out.fn_missed += 1
-        else:
-            out.fn_outline += 1
-        if g_area[g] < 0.5 * median:
-            out.fn_small += 1
-        elif g_area[g] > 2.0 * median:
-            out.fn_large += 1
-        else:
-            out.fn_medium += 1
-    for p in np.flatnonzero(~pred_matched):
-        if merge_pred[p]:
-            out.fp_merge += 1
-        elif piece_pred[p]:
-            out.fp_piece += 1
-        elif best_p[p] < FOUND_IOU:
-            out.fp_spurious += 1
-        else:
-            out.fp_outline += 1
+    out = ErrorCounts(n_gt=n_gt, n_pred=n_pred, tp=int(gt_matched.sum()))
+    fn, fp = ~gt_matched, ~pred_matched
+    out.fn_merged, out.fn_split, out.fn_missed, out.fn_outline = _first_cause(
+        fn, merged_gt, split_gt, best_g < FOUND_IOU)
+    out.fn_small, out.fn_large, out.fn_medium = _first_cause(
+        fn, g_area < 0.5 * median, g_area > 2.0 * median)
+    out.fp_merge, out.fp_piece, out.fp_spurious, out.fp_outline = _first_cause(
+        fp, merge_pred, piece_pred, best_p < FOUND_IOU)
     return out
+
+
+def _first_cause(unmatched: np.ndarray, *causes: np.ndarray) -> list[int]:
+    """How many of the ``unmatched`` masks (bool (N,)) meet each of ``causes`` (bool (N,)) as
+    the first one they meet, in order; the last count is of those that meet none."""
+    left = unmatched.copy()
+    counts = []
+    for cause in causes:
+        hit = left & cause
+        counts.append(int(hit.sum()))
+        left &= ~hit
+    return counts + [int(left.sum())]

@@ -4,8 +4,8 @@ The honest order (``python -m kit.report`` runs it per model):
 
 1. :func:`ensure_cache` runs a model folder once over the images that may choose (an inner
    validation split of the training folds) and once over the held-out fold, into two caches
-   (:func:`kit.tune.build_cache`);
-2. :func:`kit.tune.search` tunes the post-processing per cell type on the first cache only;
+   (:func:`kit.tuning.build_cache`);
+2. :func:`kit.tuning.search` tunes the post-processing per cell type on the first cache only;
 3. :func:`score_cache` renders the held-out cache with the model's own parameters ("before")
    and with the tuned ones ("after") and scores every image with the competition metric,
    with its error breakdown (:mod:`kit.error_analysis`).
@@ -81,13 +81,14 @@ class HeldOutScores:
         return (self.network_seconds + self.render_seconds) / max(len(self.scores), 1)
 
 
-def _evaluate(cache_dir: str, meta: dict, gt: Mapping, image_id: str, cell_type: str,
+def _evaluate(cache_dir: str, meta: dict, gt: tuple, image_id: str, cell_type: str,
               params: dict):
-    """Worker task: (ImageScore, ErrorCounts, post-processing seconds) of one cached image."""
+    """Worker task: (ImageScore, ErrorCounts, post-processing seconds) of one cached image;
+    ``gt`` = (its GT RLEs, its (H, W) shape)."""
     from kit.rle import encode_labels
     from kit.tuning import render
 
-    rles, shape = gt[image_id]
+    rles, shape = gt
     t0 = time.perf_counter()
     labels = render(cache_dir, meta, image_id, cell_type, params)
     seconds = time.perf_counter() - t0
@@ -118,9 +119,8 @@ def score_cache(cache_dir, gt_records: Sequence, params_of: Callable[[str], dict
         if ct not in params:
             params[ct] = dict(params_of(ct)) if params_of is not None else default_params(meta, ct)
     tasks = [(i["id"], i["cell_type"]) for i in meta["images"]]
-    sub_gt = {k: gt[k] for k, _ in tasks}
     results = Parallel(n_jobs=n_jobs)(
-        delayed(_evaluate)(str(cache_dir), meta, {k: sub_gt[k]}, k, ct, params[ct]) for k, ct in tasks)
+        delayed(_evaluate)(str(cache_dir), meta, gt[k], k, ct, params[ct]) for k, ct in tasks)
     scores, errors, seconds = [], {}, 0.0
     for (k, _), (score, err, s) in zip(tasks, results):
         scores.append(score)

@@ -11,7 +11,7 @@
 2. **cache** each model's raw outputs on the validation split and on the held-out fold
    (:func:`kit.nested.ensure_cache`);
 3. **tune** each model's post-processing per cell type on the validation cache only
-   (:func:`kit.tune.search`; for the classical baseline this is its fit); the tuned YAML is
+   (:func:`kit.tuning.search`; for the classical baseline this is its fit); the tuned YAML is
    copied into the model folder;
 4. **ensemble** the learned models (their tuned post-processing included) without and with
    TTA (``--tta``), cache, tune the fusion on the validation split the same way;
@@ -44,7 +44,6 @@ REPO_CONFIGS = Path(__file__).resolve().parent / "configs"
 # model -> (config in kit/configs, training minutes): the CPU recipes for the real images
 RECIPES = {"cellpose": ("cellpose_cpu_real.yaml", 32.0), "maskrcnn": ("maskrcnn_cpu_real.yaml", 40.0)}
 DEFAULT_MODELS = ("baseline", "cellpose", "maskrcnn")
-ENSEMBLE_NAMES = ("ensemble", "ensemble_tta")
 
 
 @dataclass
@@ -184,11 +183,12 @@ def _train_log_seconds(folder: Path) -> float | None:
 
 def validation_ids(plan: Plan, models) -> list[str]:
     """The validation split every model set aside (their ``val.csv``, which must agree)."""
+    from kit.csvfile import read_csv
+
     splits = {}
     for m in models:
-        path = plan.out / "models" / m / "val.csv"
-        lines = path.read_text().split()
-        splits[m] = lines[1:] if lines and lines[0] == "id" else lines
+        cols, rows = read_csv(plan.out / "models" / m / "val.csv", ("id",))
+        splits[m] = [fields[cols["id"]] for _, fields in rows]
     first = next(iter(splits.values()))
     differ = [m for m, ids in splits.items() if ids != first]
     if differ:
@@ -260,12 +260,13 @@ def make_ensembles(plan: Plan, say: Progress) -> dict[str, Path]:
     and ``ensemble_tta`` (``plan.tta``), written when missing or older than a member's tuned
     file."""
     from kit.models.registry import family
+    from kit.report_files import ENSEMBLE, ENSEMBLE_TTA
 
     members = [(plan.out / "models" / m, 1.0) for m in plan.members]
     newest = max((p / "tuned.yaml").stat().st_mtime for p, _ in members)
     out = {}
-    for name, views in (("ensemble", ("id",)), ("ensemble_tta", plan.tta)):
-        if not views or (name == "ensemble_tta" and tuple(views) == ("id",)):
+    for name, views in ((ENSEMBLE, ("id",)), (ENSEMBLE_TTA, plan.tta)):
+        if not views or (name == ENSEMBLE_TTA and tuple(views) == ("id",)):
             continue
         folder = plan.out / "models" / name
         mj = folder / "model.json"
@@ -307,20 +308,19 @@ def run(plan: Plan) -> dict:
     val_records = [train_by_id[i] for i in val_ids]
     say(f"validation split (chooses epochs and post-processing): {len(val_records)} images")
     rows, tuning = [], {}
-    folders = {m: plan.out / "models" / m for m in plan.models}
+
+    def tune_and_score(name: str, folder: Path, train_seconds) -> None:
+        tuning[name] = tune_model(plan, name, folder, val_records, say)
+        before, after = held_out_scores(plan, name, folder, held_out, tuning[name], say)
+        rows.append(Row(name, name, False, before, train_seconds, len(train_by_id)))
+        rows.append(Row(f"{name} tuned", name, True, after, train_seconds, len(train_by_id)))
+
     for m in plan.models:
-        tuning[m] = tune_model(plan, m, folders[m], val_records, say)
-        before, after = held_out_scores(plan, m, folders[m], held_out, tuning[m], say)
-        seconds = trained[m]["seconds"]
-        rows.append(Row(m, m, False, before, seconds, len(train_by_id)))
-        rows.append(Row(f"{m} tuned", m, True, after, seconds, len(train_by_id)))
-    if len(plan.members) >= 1:
+        tune_and_score(m, plan.out / "models" / m, trained[m]["seconds"])
+    if plan.members:
+        members_seconds = sum(trained[m]["seconds"] or 0.0 for m in plan.members)
         for name, folder in make_ensembles(plan, say).items():
-            tuning[name] = tune_model(plan, name, folder, val_records, say)
-            before, after = held_out_scores(plan, name, folder, held_out, tuning[name], say)
-            seconds = sum(trained[m]["seconds"] or 0.0 for m in plan.members)
-            rows.append(Row(name, name, False, before, seconds, len(train_by_id)))
-            rows.append(Row(f"{name} tuned", name, True, after, seconds, len(train_by_id)))
+            tune_and_score(name, folder, members_seconds)
     doc = write_report(plan, rows, tuning, trained, val_ids, held_out, say)
     say(f"done: {plan.out / 'report.md'}")
     return doc

@@ -17,7 +17,9 @@ import numpy as np
 from kit import CELL_TYPES, metric
 from kit.nested import HeldOutScores
 
-__all__ = ["Row", "write_report", "targets", "ERROR_COLUMNS"]
+__all__ = ["Row", "write_report", "targets", "ERROR_COLUMNS", "ENSEMBLE", "ENSEMBLE_TTA"]
+
+ENSEMBLE, ENSEMBLE_TTA = "ensemble", "ensemble_tta"   # the report's ensemble folders (rows)
 
 ERROR_COLUMNS = (("fn_merged", "FN merged"), ("fn_split", "FN split"), ("fn_missed", "FN missed"),
                  ("fn_outline", "FN outline"), ("fn_small", "FN small"), ("fn_large", "FN large"),
@@ -114,8 +116,8 @@ def error_table(rows, cell_types) -> str:
 def targets(rows) -> list[dict]:
     """The benchmark's targets, each ``{"target", "value", "met"}`` (held-out numbers)."""
     by = {r.name: r for r in rows}
-    singles = [r for r in rows if r.tuned and r.model not in ("baseline", "ensemble", "ensemble_tta")]
-    ensembles = [r for r in rows if r.tuned and r.model in ("ensemble", "ensemble_tta")]
+    singles = [r for r in rows if r.tuned and r.model not in ("baseline", ENSEMBLE, ENSEMBLE_TTA)]
+    ensembles = [r for r in rows if r.tuned and r.model in (ENSEMBLE, ENSEMBLE_TTA)]
     out = []
     base = by.get("baseline tuned")
     if base is not None:
@@ -149,8 +151,8 @@ def _gains(rows) -> list[str]:
             b, a = by[r.model].summary.map, r.summary.map
             lines.append(f"- {r.model}: tuning on the validation split changed the held-out MAP "
                          f"{b:.3f} -> {a:.3f} ({a - b:+.3f})")
-    if "ensemble tuned" in by and "ensemble_tta tuned" in by:
-        b, a = by["ensemble tuned"].summary.map, by["ensemble_tta tuned"].summary.map
+    if f"{ENSEMBLE} tuned" in by and f"{ENSEMBLE_TTA} tuned" in by:
+        b, a = by[f"{ENSEMBLE} tuned"].summary.map, by[f"{ENSEMBLE_TTA} tuned"].summary.map
         lines.append(f"- TTA (tuned ensembles): {b:.3f} -> {a:.3f} ({a - b:+.3f})")
     return lines
 

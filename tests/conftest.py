@@ -10,6 +10,32 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+# ~1-2 s per step on one thread: R50 at 128 px crops, few proposals and ROIs.
+TINY_MASKRCNN = """
+model:
+  train_min_sizes: [128]
+  train_max_size: 400
+  test_min_size: 128
+  test_max_size: 200
+  rpn_pre_nms_top_n_train: 300
+  rpn_post_nms_top_n_train: 150
+  rpn_pre_nms_top_n_test: 300
+  rpn_post_nms_top_n_test: 150
+  box_batch_size_per_image: 32
+  box_detections_per_img: 100
+train:
+  epochs: 1
+  batch_size: 2
+  crop: 128
+  lr: 0.002
+  warmup_iters: 2
+  max_iters_per_epoch: 2
+  num_workers: 0
+  eval_max_images: 1
+  device: cpu
+"""
+
+
 def run_module(*args, check=False, cwd=None):
     """Run ``python -m <args>`` as a subprocess; returns CompletedProcess with text output."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -91,17 +117,28 @@ def real_train_only_dir(tmp_path_factory):
     columns empty) and links to their PNGs. Lives in a temp folder, never in the project."""
     if not (REAL_SARTORIUS / "train.csv").is_file():
         pytest.skip("real Sartorius data (../shared/data/sartorius) absent")
-    want = {"cort": 8, "astro": 6, "shsy5y": 4}
-    lines = (REAL_SARTORIUS / "train.csv").read_text().splitlines(keepends=True)
-    header, rows = lines[0], lines[1:]
+    chosen = real_images({"cort": 8, "astro": 6, "shsy5y": 4})
+    return real_train_dir(tmp_path_factory.mktemp("real") / "train_only", chosen)
+
+
+def real_images(want: dict) -> dict[str, str]:
+    """``{id: cell type}`` of the first real train images in train.csv order, ``want[type]``
+    images of each cell type."""
     chosen: dict[str, str] = {}
-    for row in rows:
+    for row in (REAL_SARTORIUS / "train.csv").read_text().splitlines()[1:]:
         id_, cell_type = row.split(",")[0], row.split(",")[4]
         if id_ not in chosen and sum(t == cell_type for t in chosen.values()) < want[cell_type]:
             chosen[id_] = cell_type
-    root = tmp_path_factory.mktemp("real") / "train_only"
+    return chosen
+
+
+def real_train_dir(root, ids) -> Path:
+    """A training directory at ``root`` of the real images ``ids``: ``train/<id>.png`` links to
+    their PNGs and their train.csv rows as they come (metadata columns empty). Never in the
+    project: ``root`` is a temp folder."""
+    lines = (REAL_SARTORIUS / "train.csv").read_text().splitlines(keepends=True)
     (root / "train").mkdir(parents=True)
-    for id_ in chosen:
+    for id_ in ids:
         (root / "train" / f"{id_}.png").symlink_to(REAL_SARTORIUS / "train" / f"{id_}.png")
-    (root / "train.csv").write_text(header + "".join(r for r in rows if r.split(",")[0] in chosen))
+    (root / "train.csv").write_text(lines[0] + "".join(r for r in lines[1:] if r.split(",")[0] in ids))
     return root

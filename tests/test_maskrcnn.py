@@ -15,33 +15,8 @@ from kit.models.maskrcnn.data import (InstanceDataset, augment, boxes_of, instan
                                       instance_crops_reference)
 from kit.models.maskrcnn.network import crop_mask_targets
 from kit.postprocess import postprocess
+from tests.conftest import TINY_MASKRCNN as TINY
 from tests.conftest import run_module
-
-# ~1-2 s per step on one thread: R50 at 128 px crops, few proposals and ROIs.
-TINY = """
-model:
-  train_min_sizes: [128]
-  train_max_size: 400
-  test_min_size: 128
-  test_max_size: 200
-  rpn_pre_nms_top_n_train: 300
-  rpn_post_nms_top_n_train: 150
-  rpn_pre_nms_top_n_test: 300
-  rpn_post_nms_top_n_test: 150
-  box_batch_size_per_image: 32
-  box_detections_per_img: 100
-train:
-  epochs: 1
-  batch_size: 2
-  crop: 128
-  lr: 0.002
-  warmup_iters: 2
-  max_iters_per_epoch: 2
-  num_workers: 0
-  eval_max_images: 1
-  device: cpu
-"""
-
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -2,7 +2,7 @@
 absent), and predicts a valid submission of the other images with the classifier's cell types."""
 import pytest
 
-from conftest import REAL_SARTORIUS, needs_real_data, run_module
+from conftest import REAL_SARTORIUS, needs_real_data, real_images, real_train_dir, run_module
 from test_report import TINY_CELLPOSE, TINY_MASKRCNN
 
 pytestmark = needs_real_data
@@ -11,25 +11,15 @@ pytestmark = needs_real_data
 @pytest.fixture(scope="module")
 def four_real(tmp_path_factory):
     """4 real training images (2 cort, 1 astro, 1 shsy5y) + 2 more (cort, astro) to predict."""
-    want = {"cort": 3, "astro": 2, "shsy5y": 1}
-    lines = (REAL_SARTORIUS / "train.csv").read_text().splitlines(keepends=True)
-    header, rows = lines[0], lines[1:]
-    chosen: dict[str, str] = {}
-    for row in rows:
-        id_, ct = row.split(",")[0], row.split(",")[4]
-        if id_ not in chosen and sum(t == ct for t in chosen.values()) < want[ct]:
-            chosen[id_] = ct
+    chosen = real_images({"cort": 3, "astro": 2, "shsy5y": 1})
     root = tmp_path_factory.mktemp("four_real")
-    data, test = root / "data", root / "predict"
-    (data / "train").mkdir(parents=True)
-    test.mkdir()
     predict = [next(i for i, ct in chosen.items() if ct == t) for t in ("cort", "astro")]
     train = [i for i in chosen if i not in predict]
-    for id_ in train:
-        (data / "train" / f"{id_}.png").symlink_to(REAL_SARTORIUS / "train" / f"{id_}.png")
+    real_train_dir(root / "data", train)
+    test = root / "predict"
+    test.mkdir()
     for id_ in predict:
         (test / f"{id_}.png").symlink_to(REAL_SARTORIUS / "train" / f"{id_}.png")
-    (data / "train.csv").write_text(header + "".join(r for r in rows if r.split(",")[0] in train))
     (root / "folds.csv").write_text("id,fold\n" + "".join(f"{i},{k % 2}\n" for k, i in enumerate(train)))
     (root / "maskrcnn.yaml").write_text(TINY_MASKRCNN)
     (root / "cellpose.yaml").write_text(TINY_CELLPOSE)

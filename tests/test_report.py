@@ -8,34 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from conftest import REAL_SARTORIUS, needs_real_data, run_module
+from conftest import TINY_MASKRCNN, needs_real_data, real_images, real_train_dir, run_module
 
 pytestmark = needs_real_data
 
-TINY_MASKRCNN = """
-model:
-  backbone_depth: 18
-  train_min_sizes: [128]
-  train_max_size: 400
-  test_min_size: 128
-  test_max_size: 200
-  rpn_pre_nms_top_n_train: 300
-  rpn_post_nms_top_n_train: 150
-  rpn_pre_nms_top_n_test: 300
-  rpn_post_nms_top_n_test: 150
-  box_batch_size_per_image: 32
-  box_detections_per_img: 100
-train:
-  epochs: 1
-  batch_size: 2
-  crop: 128
-  lr: 0.002
-  warmup_iters: 2
-  max_iters_per_epoch: 2
-  num_workers: 0
-  eval_max_images: 1
-  device: cpu
-"""
+# ResNet-18 for speed, otherwise test_maskrcnn's tiny config
+TINY_MASKRCNN = TINY_MASKRCNN.replace("model:\n", "model:\n  backbone_depth: 18\n", 1)
 
 TINY_CELLPOSE = """
 diam_mean: 17.0
@@ -53,19 +31,8 @@ cell_types:
 def real_dir(tmp_path_factory):
     """12 real images (6 cort, 4 astro, 2 shsy5y) linked into a temp competition directory,
     and a folds.csv: 2 folds, each cell type in both."""
-    want = {"cort": 6, "astro": 4, "shsy5y": 2}
-    lines = (REAL_SARTORIUS / "train.csv").read_text().splitlines(keepends=True)
-    header, rows = lines[0], lines[1:]
-    chosen: dict[str, str] = {}
-    for row in rows:
-        id_, ct = row.split(",")[0], row.split(",")[4]
-        if id_ not in chosen and sum(t == ct for t in chosen.values()) < want[ct]:
-            chosen[id_] = ct
-    root = tmp_path_factory.mktemp("report") / "data"
-    (root / "train").mkdir(parents=True)
-    for id_ in chosen:
-        (root / "train" / f"{id_}.png").symlink_to(REAL_SARTORIUS / "train" / f"{id_}.png")
-    (root / "train.csv").write_text(header + "".join(r for r in rows if r.split(",")[0] in chosen))
+    chosen = real_images({"cort": 6, "astro": 4, "shsy5y": 2})
+    root = real_train_dir(tmp_path_factory.mktemp("report") / "data", chosen)
     seen: dict[str, int] = {}
     folds = ["id,fold"]
     for id_, ct in chosen.items():
