@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+DEMO_OUT ?= demo_out
 STAMP  := $(VENV)/.installed
 # 2 cores here: one thread per process keeps pytest and numba/torch from fighting.
 export OMP_NUM_THREADS ?= 1
@@ -19,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/python -m tools.demo --out demo_out
+	$(BIN)/python -m tools.demo --out $(DEMO_OUT)
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -9,25 +9,34 @@ from tests.conftest import run_module
 def test_tiny_demo_ends_with_the_table_and_the_figure(tmp_path):
     out = tmp_path / "demo"
     done = run_module("tools.demo", "--out", out, "--n-train", "8", "--n-test", "2",
-                      "--models", "baseline", "--no-offline")
+                      "--budget", "0.1", "--no-offline")
     assert done.returncode == 0, done.stdout + done.stderr
     screen = done.stdout
-    # per-step lines on the screen, per-step output in the log
+    # per-step lines on the screen, per-step output in the log; the learned models side by side
     assert "[1] synthetic competition data ..." in screen and "[3] train baseline" in screen
+    for n, model in ((4, "cellpose"), (5, "maskrcnn")):
+        assert f"[{n}] train {model} (fold 0 held out), score out of fold ... started" in screen
+        assert f"[{n}] train {model} (fold 0 held out), score out of fold: done in" in screen
     log = (out / "demo.log").read_text()
-    assert "=== [3] train baseline" in log and "--- exit 0" in log
+    for n, model in ((3, "baseline"), (4, "cellpose"), (5, "maskrcnn")):
+        assert f"=== [{n}] train {model}" in log and f"{model} fold 0:" in log
+    assert log.count("=== [") == log.count("--- exit 0") == 10  # synth .. figure, all green
     assert "cell-type classifier held-out accuracy" in log and "accuracy" not in screen
     # the final table: header, one row per model, the shipped model, the outputs
     results = json.loads((out / "results.json").read_text())
-    row = results["models"]["baseline"]
-    assert 0.0 <= row["map"] <= 1.0 and 0.0 <= row["ap50"] <= 1.0 and row["minutes"] > 0
-    assert results["shipped"] == "baseline" and results["test"] is None
+    assert list(results["models"]) == ["baseline", "cellpose", "maskrcnn"]
+    for row in results["models"].values():
+        assert 0.0 <= row["map"] <= 1.0 and 0.0 <= row["ap50"] <= 1.0 and row["minutes"] > 0
+    best = max(results["models"], key=lambda m: results["models"][m]["map"])
+    assert results["shipped"] == best and results["test"] is None
     table = (out / "results.md").read_text()
     header = next(line for line in table.splitlines() if line.startswith("| model |"))
     cells = [c.strip() for c in header.strip("|").split("|")]
     assert cells[:2] == ["model", "OOF MAP"] and cells[-2:] == ["AP@0.5", "kit.train min"]
-    assert set(cells[2:-2]) == set(row["by_cell_type"])
-    assert f"| baseline | {row['map']:.3f} |" in table and table.strip() in screen
+    assert set(cells[2:-2]) == {ct for r in results["models"].values() for ct in r["by_cell_type"]}
+    for model, row in results["models"].items():
+        assert f"| {model} | {row['map']:.3f} |" in table
+    assert table.strip() in screen
     figure = results["outputs"]["figure (TP green, FP red, FN blue)"]
     assert figure.endswith(".png") and (tmp_path / figure).is_file()
     assert (out / "eda" / "report.md").is_file()

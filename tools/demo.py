@@ -8,7 +8,8 @@ competition directory you give (``--data DIR``, e.g. Kaggle's
 1. ``kit.synth``      -> OUT/data (train.csv, train/, test/, sample_submission.csv, test_labels.csv)
 2. ``kit.eda``        -> OUT/eda (report.md + figures of the training data)
 3. ``kit.train``      -> OUT/models/{baseline,cellpose,maskrcnn}: fold 0 held out, short CPU training
-                         (``--budget`` minutes each, CPU configs), OOF predictions and their score
+                         (``--budget`` minutes each, CPU configs; the two learned models side by
+                         side, one CPU thread each), OOF predictions and their score
 4. ``kit.cv``         -> the out-of-fold table of every model (OUT/cv_<model>_oof.json)
 5. ``build_bundle.py``-> OUT/bundle: kit wheel, vendored wheels, all model folders, MANIFEST.json
 6. a Kaggle-like venv (only what a Kaggle image has) at OUT/kaggle-env, then with the network
@@ -20,7 +21,7 @@ competition directory you give (``--data DIR``, e.g. Kaggle's
 
 The shipped model is the one of best out-of-fold MAP on fold 0; the submission is scored on
 the test images, which chose nothing. Every step's output goes to OUT/demo.log; the screen
-shows one line per step and, at the end, the results table (also OUT/results.md and
+shows one line per step (a status line a minute while models train) and, at the end, the results table (also OUT/results.md and
 OUT/results.json) with the paths of the outputs. Each step's exit status is checked; the first
 failure stops the demo with its code and the end of the log.
 
@@ -31,7 +32,9 @@ replaced; ``--fresh`` here deletes ``--out`` first.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -72,14 +75,99 @@ class Steps:
             f.write(f"--- exit {done.returncode}, {seconds:.1f} s\n")
         if done.returncode != 0:
             print(f" FAILED (exit {done.returncode})", flush=True)
-            tail = self.log.read_text().splitlines()[-15:]
-            print("\n".join("    " + line for line in tail), file=sys.stderr)
-            print(f"demo: step '{title}' failed with exit code {done.returncode}; "
-                  f"the whole output is in {self.log}", file=sys.stderr)
-            raise SystemExit(done.returncode)
+            self._fail(title, done.returncode)
         print(f" {_duration(seconds)}", flush=True)
         self.seconds[title] = seconds
         return seconds
+
+    def side_by_side(self, jobs: list[tuple[str, list, Path]], threads: int,
+                     status_every: float = 60.0) -> list[float]:
+        """Run ``jobs`` (title, ``python -m`` arguments, run folder) at the same time, each with
+        ``threads`` CPU threads and its own log (``OUT/logs/step<N>.log``, appended to the demo
+        log when it ends). The screen gets a line per start and end and, every
+        ``status_every`` seconds, each run's latest epoch (:func:`training_status`). Returns
+        the seconds of each job; the first failure stops the others and ends the demo as in
+        :meth:`run`."""
+        logs = self.log.parent / "logs"
+        logs.mkdir(exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        running = []
+        for title, args, folder in jobs:
+            self.n += 1
+            path = logs / f"step{self.n}.log"
+            shown = f"python -m {' '.join(map(str, args))}"
+            with open(path, "w") as f:
+                f.write(f"$ {shown}\n")
+            print(f"[{self.n}] {title} ... started ({threads} thread(s))", flush=True)
+            with open(path, "a") as f:
+                proc = subprocess.Popen([sys.executable, "-m", *map(str, args)], env=env,
+                                        stdout=f, stderr=subprocess.STDOUT)
+            running.append({"n": self.n, "title": title, "proc": proc, "log": path,
+                            "folder": folder, "start": time.perf_counter(), "seconds": None})
+        last_status = time.perf_counter()
+        while any(job["seconds"] is None for job in running):
+            time.sleep(1.0)
+            for job in running:
+                if job["seconds"] is not None or job["proc"].poll() is None:
+                    continue
+                job["seconds"] = time.perf_counter() - job["start"]
+                code = job["proc"].returncode
+                self._append_job_log(job, code)
+                if code != 0:
+                    for other in running:
+                        if other["proc"].poll() is None:
+                            other["proc"].terminate()
+                            other["proc"].wait()
+                    print(f"[{job['n']}] {job['title']}: FAILED (exit {code})", flush=True)
+                    self._fail(job["title"], code)
+                print(f"[{job['n']}] {job['title']}: done in {_duration(job['seconds'])}", flush=True)
+                self.seconds[job["title"]] = job["seconds"]
+            if time.perf_counter() - last_status >= status_every:
+                last_status = time.perf_counter()
+                busy = [f"{job['folder'].name} {training_status(job['folder'])}"
+                        for job in running if job["seconds"] is None]
+                if busy:
+                    print(f"    {_duration(last_status - running[0]['start'])}: " + "; ".join(busy),
+                          flush=True)
+        return [job["seconds"] for job in running]
+
+    def _append_job_log(self, job: dict, code: int) -> None:
+        text = job["log"].read_text()
+        with open(self.log, "a") as f:
+            f.write(f"\n=== [{job['n']}] {job['title']}\n{text}"
+                    f"--- exit {code}, {job['seconds']:.1f} s\n")
+
+    def _fail(self, title: str, code: int):
+        """Print the end of the log and end the demo with ``code``."""
+        tail = self.log.read_text().splitlines()[-15:]
+        print("\n".join("    " + line for line in tail), file=sys.stderr)
+        print(f"demo: step '{title}' failed with exit code {code}; "
+              f"the whole output is in {self.log}", file=sys.stderr)
+        raise SystemExit(code)
+
+
+def training_status(folder: Path) -> str:
+    """The latest epoch of a ``kit.train`` run in ``folder``, from its per-epoch/per-iteration
+    CSV (Cellpose ``epochs.csv``, Mask R-CNN ``train_iter.csv``) and, when there is one, its
+    latest validation MAP (``eval.csv``): e.g. ``"epoch 12, loss 0.53, val MAP 0.29"``."""
+    def last_row(name: str) -> dict | None:
+        try:
+            with open(folder / name, newline="") as f:
+                rows = list(csv.DictReader(f))
+        except OSError:
+            return None
+        return rows[-1] if rows else None
+
+    parts = []
+    for name, loss_key in (("epochs.csv", "train_loss"), ("train_iter.csv", "loss")):
+        row = last_row(name)
+        if row and row.get("epoch") and row.get(loss_key):
+            parts.append(f"epoch {row['epoch']}, loss {float(row[loss_key]):.2f}")
+            break
+    evaluated = last_row("eval.csv")
+    if evaluated and evaluated.get("map"):
+        parts.append(f"val MAP {float(evaluated['map']):.2f}")
+    return ", ".join(parts) or "starting"
 
 
 def _duration(seconds: float) -> str:
@@ -121,10 +209,11 @@ def _main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for every artefact")
     parser.add_argument("--data", type=Path, default=None,
                         help="a competition directory to use instead of synthetic data")
-    parser.add_argument("--n-train", type=int, default=30, help="synthetic train images")
-    parser.add_argument("--n-test", type=int, default=4, help="synthetic test images")
+    parser.add_argument("--n-train", type=int, default=60, help="synthetic train images")
+    parser.add_argument("--n-test", type=int, default=6, help="synthetic test images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
-    parser.add_argument("--budget", type=float, default=3.0, help="training minutes per trained model")
+    parser.add_argument("--budget", type=float, default=8.0,
+                        help="training minutes per learned model (they train side by side)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS,
                         help="models to train and bundle")
     parser.add_argument("--no-offline", action="store_true",
@@ -147,19 +236,34 @@ def _main(argv=None) -> int:
                      "--no-progress")
     steps.module("EDA report of the training data", "kit.eda", str(data), "--out", str(out / "eda"),
                  "--quiet")
-    rows = {}
-    for model in args.models:
-        folder = out / "models" / model
+    rows, minutes = {}, {}
+
+    def train_args(model: str) -> list[str]:
         extra = [] if model == "baseline" else [
             "--config", str(REPO / "kit" / "configs" / CPU_CONFIGS[model]), "--time-budget", str(args.budget)]
-        seconds = steps.module(f"train {model} (fold 0 held out), score out of fold", "kit.train",
-                               model, "--data", str(data), "--fold", "0", "--n-folds", "4",
-                               "--out", str(folder), *extra, "--fresh", "--quiet")
+        return ["kit.train", model, "--data", str(data), "--fold", "0", "--n-folds", "4",
+                "--out", str(out / "models" / model), *extra, "--fresh", "--quiet"]
+
+    def title(model: str) -> str:
+        return f"train {model} (fold 0 held out), score out of fold"
+
+    learned = [m for m in args.models if m != "baseline"]
+    if "baseline" in args.models:
+        minutes["baseline"] = steps.module(title("baseline"), *train_args("baseline")) / 60
+    if learned:
+        # One CPU thread per model: two single-threaded trainings on 2 cores do about twice the
+        # steps of one after the other in the same wall time.
+        threads = max(1, (os.cpu_count() or 1) // len(learned))
+        seconds = steps.side_by_side([(title(m), train_args(m), out / "models" / m) for m in learned],
+                                     threads=threads)
+        minutes.update({m: s / 60 for m, s in zip(learned, seconds)})
+    for model in args.models:
+        folder = out / "models" / model
         cv_json = out / f"cv_{model}_oof.json"
         steps.module(f"kit.cv on {model}'s out-of-fold predictions", "kit.cv", "--gt",
                      str(data / "train.csv"), "--pred", str(folder / "oof.csv"), "--folds",
                      str(folder / "folds.csv"), "--fold", "0", "--json", str(cv_json), "--quiet")
-        rows[model] = {**_scores(cv_json), "minutes": seconds / 60}
+        rows[model] = {**_scores(cv_json), "minutes": minutes[model]}
     shipped = max(rows, key=lambda m: rows[m]["map"])
     bundle_dir = out / "bundle"
     steps.run("build the bundle", [sys.executable, REPO / "build_bundle.py", "--weights",
