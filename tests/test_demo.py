@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from tests.conftest import run_module
+from tools.demo import training_status
 
 
 def test_tiny_demo_ends_with_the_table_and_the_figure(tmp_path):
@@ -37,6 +38,15 @@ def test_tiny_demo_ends_with_the_table_and_the_figure(tmp_path):
     for model, row in results["models"].items():
         assert f"| {model} | {row['map']:.3f} |" in table
     assert table.strip() in screen
+    # the status line of a training run, read from its files (also while they are written)
+    assert training_status(out / "models" / "cellpose").startswith("epoch ")
+    assert "val MAP" in training_status(out / "models" / "maskrcnn")
+    assert training_status(out / "models" / "baseline") == "starting"
+    half = out / "models" / "cellpose" / "epochs.csv"
+    half.write_text(half.read_text().splitlines()[0] + "\n3,train,3,0.005,0.4")
+    assert training_status(half.parent) == "epoch 3, loss 0.40"
+    half.write_text(half.read_text().splitlines()[0] + "\n3,tr")
+    assert training_status(half.parent) == "starting"
     figure = results["outputs"]["figure (TP green, FP red, FN blue)"]
     assert figure.endswith(".png") and (tmp_path / figure).is_file()
     assert (out / "eda" / "report.md").is_file()

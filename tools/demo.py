@@ -21,9 +21,10 @@ competition directory you give (``--data DIR``, e.g. Kaggle's
 
 The shipped model is the one of best out-of-fold MAP on fold 0; the submission is scored on
 the test images, which chose nothing. Every step's output goes to OUT/demo.log; the screen
-shows one line per step (a status line a minute while models train) and, at the end, the results table (also OUT/results.md and
-OUT/results.json) with the paths of the outputs. Each step's exit status is checked; the first
-failure stops the demo with its code and the end of the log.
+shows one line per step (and a status line a minute while models train) and, at the end, the
+results table (also OUT/results.md and OUT/results.json) with the paths of the outputs. Each
+step's exit status is checked; the first failure stops the demo with its code and the end of
+the log.
 
 Run again on the same ``--out``: the synthetic data and the Kaggle-like venv are reused, every
 model is trained again from scratch (``kit.train --fresh``), and every later output is
@@ -149,24 +150,26 @@ class Steps:
 def training_status(folder: Path) -> str:
     """The latest epoch of a ``kit.train`` run in ``folder``, from its per-epoch/per-iteration
     CSV (Cellpose ``epochs.csv``, Mask R-CNN ``train_iter.csv``) and, when there is one, its
-    latest validation MAP (``eval.csv``): e.g. ``"epoch 12, loss 0.53, val MAP 0.29"``."""
-    def last_row(name: str) -> dict | None:
+    latest validation MAP (``eval.csv``): e.g. ``"epoch 12, loss 0.53, val MAP 0.29"``. The
+    files are being written: a missing file or a half-written last line only leaves a part out."""
+    def last_number(name: str, key: str) -> tuple[str, float] | None:
+        """(epoch, value of ``key``) of the last complete row of ``name``."""
         try:
             with open(folder / name, newline="") as f:
                 rows = list(csv.DictReader(f))
-        except OSError:
+            return rows[-1]["epoch"], float(rows[-1][key])
+        except (OSError, IndexError, KeyError, TypeError, ValueError):
             return None
-        return rows[-1] if rows else None
 
     parts = []
     for name, loss_key in (("epochs.csv", "train_loss"), ("train_iter.csv", "loss")):
-        row = last_row(name)
-        if row and row.get("epoch") and row.get(loss_key):
-            parts.append(f"epoch {row['epoch']}, loss {float(row[loss_key]):.2f}")
+        latest = last_number(name, loss_key)
+        if latest is not None:
+            parts.append(f"epoch {latest[0]}, loss {latest[1]:.2f}")
             break
-    evaluated = last_row("eval.csv")
-    if evaluated and evaluated.get("map"):
-        parts.append(f"val MAP {float(evaluated['map']):.2f}")
+    evaluated = last_number("eval.csv", "map")
+    if evaluated is not None:
+        parts.append(f"val MAP {evaluated[1]:.2f}")
     return ", ".join(parts) or "starting"
 
 
