@@ -57,7 +57,7 @@ from kit.errors import KitError
 __all__ = [
     "DataError", "ImageRecord", "Competition", "TRAIN_COLUMNS",
     "load_image", "read_train_csv", "read_competition_dir", "read_coco",
-    "make_folds", "read_folds_csv", "write_folds_csv",
+    "make_folds", "read_folds_csv", "write_folds_csv", "split_by_fold",
 ]
 
 # Columns read_train_csv needs. ``sample_id`` is read when the column exists and is filled
@@ -595,6 +595,28 @@ def read_folds_csv(path) -> dict[str, int]:
         folds[id_] = fold
         first[id_] = line
     return folds
+
+
+def split_by_fold(records: Sequence[ImageRecord], folds: Mapping[str, int], fold: int,
+                  source: str = "folds") -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """``(train, held_out)``: the records outside and inside ``fold``, in input order.
+
+    ``folds`` maps every record's id to its fold (``source`` names where it came from, e.g.
+    the folds CSV, for the errors). ValueError when a record has no fold, when ``fold`` is not
+    one of the folds, or when either side would be empty.
+    """
+    missing = [r.id for r in records if r.id not in folds]
+    if missing:
+        raise ValueError(f"{source}: no fold for {len(missing)} train id(s), e.g. {missing[:3]}")
+    present = sorted({folds[r.id] for r in records})
+    if fold not in present:
+        raise ValueError(f"fold {fold}: no labelled image in that fold of {source} (folds: {present})")
+    train = [r for r in records if folds[r.id] != fold]
+    held_out = [r for r in records if folds[r.id] == fold]
+    if not train:
+        raise ValueError(f"fold {fold}: every one of the {len(records)} labelled images is in it; "
+                         "training needs images of other folds")
+    return train, held_out
 
 
 def write_folds_csv(folds: Mapping[str, int], path) -> Path:

@@ -281,26 +281,24 @@ def make_ensembles(plan: Plan, say: Progress) -> dict[str, Path]:
 
 def _read_records(plan: Plan):
     """(held-out records, training-fold records by id)."""
-    from kit.data import read_folds_csv, read_train_csv
+    from kit.data import read_folds_csv, read_train_csv, split_by_fold
 
     records = read_train_csv(plan.data / "train.csv", check_images=True)
-    folds = read_folds_csv(plan.folds)
-    missing = [r.id for r in records if r.id not in folds]
-    if missing:
-        raise ValueError(f"{plan.folds}: no fold for {len(missing)} train id(s), e.g. {missing[:3]}")
-    held_out = [r for r in records if folds[r.id] == plan.held_out]
-    if not held_out:
-        raise ValueError(f"--held-out {plan.held_out}: no labelled image in that fold of "
-                         f"{plan.folds} (folds: {sorted(set(folds.values()))})")
-    return held_out, {r.id: r for r in records if folds[r.id] != plan.held_out}
+    try:
+        train, held_out = split_by_fold(records, read_folds_csv(plan.folds), plan.held_out,
+                                        str(plan.folds))
+    except ValueError as err:
+        raise ValueError(f"--held-out {plan.held_out}: {err}") from None
+    return held_out, {r.id: r for r in train}
 
 
-def run(plan: Plan) -> dict:
-    """Every stage (module docstring); returns the report document (also written)."""
+def run(plan: Plan, records=None) -> dict:
+    """Every stage (module docstring); returns the report document (also written).
+    ``records``: :func:`_read_records` of the plan when the caller already read them."""
     from kit.report_files import Row, write_report
 
     say = Progress()
-    held_out, train_by_id = _read_records(plan)
+    held_out, train_by_id = records or _read_records(plan)
     say(f"{len(held_out)} held-out images (fold {plan.held_out}), {len(train_by_id)} training "
         f"images; models {', '.join(plan.models)}")
     trained = train_models(plan, say)
@@ -426,13 +424,14 @@ def _main(argv=None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars (stage lines stay)")
     args = parser.parse_args(argv)
     plan = make_plan(args)
+    records = _read_records(plan)   # the held-out fold checked before anything is written
     if args.fresh and plan.out.exists():
         if not (plan.out / "models").is_dir() and any(plan.out.iterdir()):
             raise ValueError(f"--fresh: {plan.out} is not a report folder (no models/); not deleting it")
         shutil.rmtree(plan.out)
     plan.out.mkdir(parents=True, exist_ok=True)
     try:
-        run(plan)
+        run(plan, records)
     except RuntimeError as e:
         from kit.errors import one_line
 

@@ -104,7 +104,7 @@ def fit_options(args):
 def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed: int):
     """(train records, held-out records, {id: fold} of every train image) of ``fold``; reads
     only (the caller writes ``folds.csv`` once every input is known to be good)."""
-    from kit.data import make_folds, read_competition_dir, read_folds_csv
+    from kit.data import make_folds, read_competition_dir, read_folds_csv, split_by_fold
 
     records = read_competition_dir(data).train
     if folds_csv:
@@ -117,16 +117,10 @@ def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed
                   "(images of one sample may straddle folds). Pass --folds CSV for real groups.",
                   file=sys.stderr)
         folds = make_folds(records, n_folds, seed, unknown_sample_alone=True)
-    missing = [r.id for r in records if r.id not in folds]
-    if missing:
-        raise ValueError(f"{folds_csv}: no fold for {len(missing)} train id(s), e.g. {missing[:3]}")
-    if fold not in set(folds.values()):
-        raise ValueError(f"--fold {fold}: folds are {sorted(set(folds.values()))}")
-    train = [r for r in records if folds[r.id] != fold]
-    held_out = [r for r in records if folds[r.id] == fold]
-    if not train or not held_out:
-        raise ValueError(f"--fold {fold}: {len(train)} train and {len(held_out)} held-out images "
-                         f"of {len(records)}; both sides need at least one")
+    try:
+        train, held_out = split_by_fold(records, folds, fold, str(folds_csv or "the folds"))
+    except ValueError as err:
+        raise ValueError(f"--fold {fold}: {err}") from None
     return train, held_out, {r.id: folds[r.id] for r in records}
 
 

@@ -466,6 +466,25 @@ def test_folds_csv_roundtrip_and_errors(tmp_path):
         data.read_folds_csv(tmp_path / "bad.csv")
 
 
+def test_split_by_fold_on_the_real_folds_csv():
+    root = shared("sartorius")
+    records = data.read_train_csv(root / "train.csv", check_images=False)
+    folds = data.read_folds_csv(root / "folds.csv")
+    train, held_out = data.split_by_fold(records, folds, 3, "folds.csv")
+    assert [r.id for r in held_out] == [r.id for r in records if folds[r.id] == 3]
+    assert len(train) + len(held_out) == len(records) and held_out and train
+    assert not {r.id for r in train} & {r.id for r in held_out}
+    with pytest.raises(ValueError, match=r"fold 7: no labelled image in that fold of folds.csv "
+                                         r"\(folds: \[0, 1, 2, 3\]\)"):
+        data.split_by_fold(records, folds, 7, "folds.csv")
+    del folds[records[5].id]
+    with pytest.raises(ValueError, match=rf"folds.csv: no fold for 1 train id\(s\), e.g. \['{records[5].id}'\]"):
+        data.split_by_fold(records, folds, 3, "folds.csv")
+    one_fold = {r.id: 0 for r in records}
+    with pytest.raises(ValueError, match="every one of the .* labelled images is in it"):
+        data.split_by_fold(records, one_fold, 0)
+
+
 # --------------------------------------------------------------------------------------------
 # Real samples from ../shared/data (skipped when absent)
 

@@ -127,6 +127,7 @@ def test_rerun_reuses_every_stage(report, real_dir):
     (["--models", "ensemble"], "cannot be trained"),
     (["--tta", "id,spin"], "unknown view"),
     (["--livecell", "nope.json"], "needs a COCO json"),
+    (["--held-out", "9"], "--held-out 9: fold 9: no labelled image in that fold of"),
 ])
 def test_bad_options_exit_2_before_anything_is_written(real_dir, tmp_path, extra, message):
     out = tmp_path / "out"
