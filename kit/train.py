@@ -17,7 +17,11 @@ Every model goes through the same steps, so their numbers compare:
    report its accuracy on the held-out fold;
 4. fit the model through its family (:meth:`kit.models.family.ModelFamily.fit`) and save it
    into ``--out`` (a model is one folder);
-5. predict the held-out fold with the true cell types, write ``oof.csv`` (submission format)
+5. with ``--tune``, tune the model's post-processing per cell type on the validation split
+   (:func:`tune_on_validation`: raw outputs cached in ``tune_cache/``, coordinate search of
+   :mod:`kit.tuning`), written to ``tuned.yaml`` (+ ``tuned.md``), which the model folder then
+   applies everywhere (OOF, ``kit.predict``, the bundle);
+6. predict the held-out fold with the true cell types, write ``oof.csv`` (submission format)
    and score it with the competition metric (``oof_score.json``, which also records what chose
    what; table printed).
 
@@ -78,13 +82,31 @@ def check_inputs(args):
     return config
 
 
-def _validation_role(family_selects: bool, has_val: bool) -> str:
+def _validation_role(family_selects: bool, has_val: bool, tune: bool = False) -> str:
     """What the validation split chooses inside kit.train (for ``oof_score.json``)."""
     if not has_val:
         return "nothing (no validation split)"
+    tuned = "; the post-processing per cell type (tuned.yaml)" if tune else ""
     if family_selects:
-        return "what the model family selects during training (e.g. the best epoch)"
+        return "what the model family selects during training (e.g. the best epoch)" + tuned
+    if tune:
+        return "the post-processing per cell type (tuned.yaml)"
     return "nothing during training (kept aside, e.g. for nested post-processing tuning)"
+
+
+def tune_on_validation(out: Path, val, gt_csv: Path, n_jobs: int = 1, progress: bool = True,
+                       log=None):
+    """Tune the post-processing of the model in ``out`` per cell type on the validation records
+    ``val`` (their raw outputs cached in ``out/tune_cache``), write ``out/tuned.yaml`` and
+    ``out/tuned.md``; return the :class:`kit.tuning.SearchResult` (types without validation
+    images keep their settings). ``gt_csv``: the train.csv holding the validation ground truth."""
+    from kit.nested import ensure_cache
+    from kit.tuning import load_cache, search, write_outputs
+
+    cache, _ = ensure_cache(out, val, out / "tune_cache", progress=progress)
+    result = search(cache, gt_csv, n_jobs=n_jobs, log=log or (lambda message: None))
+    write_outputs(out / "tuned.yaml", load_cache(cache), result, cache, gt_csv)
+    return result
 
 
 def fit_options(args):
@@ -181,6 +203,11 @@ def _main(argv=None) -> int:
                       help="set the validation split aside even for a family that selects nothing "
                            "during training (its images then stay free for nested post-processing "
                            "tuning, e.g. by kit.report)")
+    data.add_argument("--tune", action="store_true",
+                      help="after training, tune the post-processing per cell type on the "
+                           "validation split (implies --keep-validation; tuned.yaml in --out, "
+                           "applied to the out-of-fold predictions and everywhere after)")
+    data.add_argument("--tune-jobs", type=int, default=1, help="joblib workers of --tune's search")
     data.add_argument("--livecell", type=Path, default=None,
                       help="LIVECell / COCO json to pre-train on first (trained models)")
     data.add_argument("--livecell-images", type=Path, default=None, help="folder of the --livecell images")
@@ -208,8 +235,11 @@ def _main(argv=None) -> int:
     config = check_inputs(args)
     train, held_out, folds = split_fold(args.data, args.fold, args.folds, args.n_folds, args.seed)
     fam = family(args.model)
-    wanted = fam.wants_validation(config) or args.keep_validation
+    wanted = fam.wants_validation(config) or args.keep_validation or args.tune
     fit_train, val = inner_split(train, args.val_fraction if wanted else 0.0, args.seed)
+    if args.tune and not val:
+        raise ValueError(f"--tune needs validation images: --val-fraction {args.val_fraction} of "
+                         f"{len(train)} training images sets none aside")
     options = fit_options(args)
     out = args.out
     if args.fresh and earlier_run(out):
@@ -227,12 +257,22 @@ def _main(argv=None) -> int:
     selection = {"held_out_fold": args.fold, "held_out_images": len(held_out),
                  "held_out_chooses": "nothing (scored only)",
                  "validation_images": len(val), "validation_ids": "val.csv",
-                 "validation_chooses": _validation_role(fam.wants_validation(config), bool(val))}
+                 "validation_chooses": _validation_role(fam.wants_validation(config), bool(val),
+                                                        args.tune)}
     try:
         log("split", n_train=len(fit_train), n_val=len(val), n_held_out=len(held_out))
         acc = fit_cell_type_classifier(train, held_out, out)
         log("celltype", held_out_accuracy=acc)
         model = fam.fit(fit_train, val, out, options, log)
+        if args.tune:
+            from kit.models import load_model
+
+            result = tune_on_validation(out, val, args.data / "train.csv", args.tune_jobs,
+                                        progress=not args.quiet)
+            log("tuned", n_images=len(val),
+                by_cell_type={ct: {"before": r.before, "after": r.after, "best": r.best}
+                              for ct, r in result.types.items()})
+            model = load_model(out)   # the folder's settings with tuned.yaml applied
         summary = score_oof(model, held_out, out, progress=not args.quiet, selection=selection)
     except (ValueError, OSError) as e:  # an input found bad while running
         log("error", message=one_line(e))
@@ -251,6 +291,9 @@ def _main(argv=None) -> int:
     print(f"{args.model} fold {args.fold}: {len(fit_train)} train + {len(val)} validation / "
           f"{len(held_out)} held-out images; "
           f"cell-type classifier held-out accuracy {acc:.3f}")
+    if args.tune:
+        print(f"post-processing tuned on the {len(val)} validation images (tuned.yaml): "
+              + ", ".join(f"{ct} {r.before:.3f} -> {r.after:.3f}" for ct, r in result.types.items()))
     print(format_table(summary))
     print(f"model folder: {out}  (oof.csv, oof_score.json, folds.csv, train.log)")
     return 0

@@ -10,7 +10,7 @@ from tools.demo import training_status
 def test_tiny_demo_ends_with_the_table_and_the_figure(tmp_path):
     out = tmp_path / "demo"
     done = run_module("tools.demo", "--out", out, "--n-train", "8", "--n-test", "2",
-                      "--budget", "0.1", "--no-offline")
+                      "--budget", "0.1", "--tune", "--no-offline")
     assert done.returncode == 0, done.stdout + done.stderr
     screen = done.stdout
     # per-step lines on the screen, per-step output in the log; the learned models side by side
@@ -21,6 +21,11 @@ def test_tiny_demo_ends_with_the_table_and_the_figure(tmp_path):
     log = (out / "demo.log").read_text()
     for n, model in ((3, "baseline"), (4, "cellpose"), (5, "maskrcnn")):
         assert f"=== [{n}] train {model}" in log and f"{model} fold 0:" in log
+        # every model's post-processing was tuned on the validation split, not the held-out fold
+        assert (out / "models" / model / "tuned.yaml").is_file()
+        selection = json.loads((out / "models" / model / "oof_score.json").read_text())["selection"]
+        assert "tuned.yaml" in selection["validation_chooses"]
+    assert log.count("post-processing tuned on the") == 3
     assert log.count("=== [") == log.count("--- exit 0") == 10  # synth .. figure, all green
     assert "cell-type classifier held-out accuracy" in log and "accuracy" not in screen
     # the final table: header, one row per model, the shipped model, the outputs

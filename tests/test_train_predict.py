@@ -136,3 +136,41 @@ def test_an_earlier_run_is_continued_or_replaced_only_when_asked(synth_dir, tmp_
     done = run_module(*common[:-3], "--out", foreign, "--fresh", "--quiet")
     assert done.returncode == 2 and "no params.json" in done.stderr
     assert (foreign / "model.json").is_file()
+
+
+def test_tune_chooses_post_processing_on_the_validation_split_only(synth_dir, tmp_path):
+    from kit.data import read_train_csv
+    from kit.metric import image_score
+    from kit.models import load_model
+    from kit.tuning import load_cache
+
+    out = tmp_path / "tuned"
+    done = run_module("kit.train", "baseline", "--data", synth_dir, "--fold", 0, "--n-folds", 3,
+                      "--val-fraction", 0.3, "--tune", "--out", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "post-processing tuned on the" in done.stdout and (out / "tuned.md").is_file()
+    events = [json.loads(line) for line in (out / "train.log").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["split", "celltype", "tuned", "oof"]
+    # the validation split (and only it) was cached and searched; the held-out fold stays out
+    val = (out / "val.csv").read_text().split()[1:]
+    folds = dict(line.split(",") for line in (out / "folds.csv").read_text().split()[1:])
+    assert val and all(folds[i] != "0" for i in val)
+    assert [i["id"] for i in load_cache(out / "tune_cache")["images"]] == val
+    selection = json.loads((out / "oof_score.json").read_text())["selection"]
+    assert "tuned.yaml" in selection["validation_chooses"]
+    assert selection["held_out_chooses"] == "nothing (scored only)"
+    # the out-of-fold predictions are the tuned model's: the same masks, instance for instance
+    record = next(r for r in read_train_csv(synth_dir / "train.csv") if folds[r.id] == "0")
+    labels = load_model(out).predict(record.load_image(), record.cell_type)
+    rows = [line.split(",") for line in (out / "oof.csv").read_text().splitlines()[1:]]
+    oof_rles = [rle for id_, rle in rows if id_ == record.id and rle]
+    same = image_score(oof_rles, labels, record.shape)
+    assert same.n_pred == same.n_true == len(oof_rles) > 0 and (same.tp == len(oof_rles)).all()
+
+
+def test_tune_without_validation_images_exits_2_and_writes_nothing(synth_dir, tmp_path):
+    out = tmp_path / "none"
+    done = run_module("kit.train", "baseline", "--data", synth_dir, "--fold", 0, "--n-folds", 3,
+                      "--val-fraction", 0, "--tune", "--out", out, "--quiet")
+    assert done.returncode == 2 and "--tune needs validation images" in done.stderr
+    assert not out.exists()

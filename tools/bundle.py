@@ -166,7 +166,7 @@ def kaggle_credentials() -> bool:
 
 
 # Training state stays out of the bundle: inference reads model.json and the weights only.
-TRAINING_STATE = ("__pycache__", "*.tmp", "checkpoints", "checkpoint.pt")
+TRAINING_STATE = ("__pycache__", "*.tmp", "checkpoints", "checkpoint.pt", "tune_cache")
 
 
 def _copy_model(src: Path, dst: Path) -> None:
