@@ -57,6 +57,18 @@ def ensure_cache(model_dir, records: Sequence, cache_dir, progress: bool = True)
     return cache_dir, True
 
 
+def tune_on_cache(cache_dir, gt, tuned_yaml, n_jobs: int = 1, log=None):
+    """Tune the post-processing per cell type on a cache of validation images
+    (:func:`kit.tuning.search`) and write ``tuned_yaml`` (+ its ``.md`` table); returns the
+    :class:`kit.tuning.SearchResult`. ``gt``: the train.csv holding their ground truth;
+    ``log``: a ``str -> None`` for the search's progress lines (default: silent)."""
+    from kit.tuning import load_cache, search, write_outputs
+
+    result = search(cache_dir, gt, n_jobs=n_jobs, log=log or (lambda message: None))
+    write_outputs(tuned_yaml, load_cache(cache_dir), result, cache_dir, gt)
+    return result
+
+
 @dataclass
 class HeldOutScores:
     """Per-image results of one rendering of a cache: scores, error counts, seconds."""

@@ -100,13 +100,10 @@ def tune_on_validation(out: Path, val, gt_csv: Path, n_jobs: int = 1, progress: 
     ``val`` (their raw outputs cached in ``out/tune_cache``), write ``out/tuned.yaml`` and
     ``out/tuned.md``; return the :class:`kit.tuning.SearchResult` (types without validation
     images keep their settings). ``gt_csv``: the train.csv holding the validation ground truth."""
-    from kit.nested import ensure_cache
-    from kit.tuning import load_cache, search, write_outputs
+    from kit.nested import ensure_cache, tune_on_cache
 
     cache, _ = ensure_cache(out, val, out / "tune_cache", progress=progress)
-    result = search(cache, gt_csv, n_jobs=n_jobs, log=log or (lambda message: None))
-    write_outputs(out / "tuned.yaml", load_cache(cache), result, cache, gt_csv)
-    return result
+    return tune_on_cache(cache, gt_csv, out / "tuned.yaml", n_jobs, log)
 
 
 def fit_options(args):
@@ -293,7 +290,7 @@ def _main(argv=None) -> int:
           f"cell-type classifier held-out accuracy {acc:.3f}")
     if args.tune:
         print(f"post-processing tuned on the {len(val)} validation images (tuned.yaml): "
-              + ", ".join(f"{ct} {r.before:.3f} -> {r.after:.3f}" for ct, r in result.types.items()))
+              f"{result.gains()}")
     print(format_table(summary))
     print(f"model folder: {out}  (oof.csv, oof_score.json, folds.csv, train.log)")
     return 0

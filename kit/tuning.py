@@ -191,6 +191,10 @@ class SearchResult:
         lines.append(f"| all | {n} | {b:.4f} | {a:.4f} | {a - b:+.4f} |")
         return "\n".join(lines)
 
+    def gains(self) -> str:
+        """One line: ``"shsy5y 0.041 -> 0.043, cort 0.224 -> 0.292"`` (MAP before -> after)."""
+        return ", ".join(f"{ct} {r.before:.3f} -> {r.after:.3f}" for ct, r in self.types.items())
+
 
 def _candidates(fam, name: str, current, grids: dict) -> list:
     grid = grids.get(name) or grids.get(fam.grid_name(name))

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -60,7 +59,6 @@ class Steps:
     def __init__(self, log: Path):
         self.log = log
         self.n = 0
-        self.seconds: dict[str, float] = {}
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("")
 
@@ -85,20 +83,21 @@ class Steps:
             print(f" FAILED (exit {done.returncode})", flush=True)
             self._fail(title, done.returncode)
         print(f" {_duration(seconds)}", flush=True)
-        self.seconds[title] = seconds
         return seconds
 
-    def side_by_side(self, jobs: list[tuple[str, list, Path]], threads: int,
+    def side_by_side(self, jobs: list[tuple[str, list, Path]],
                      status_every: float = 60.0) -> list[float]:
-        """Run ``jobs`` (title, ``python -m`` arguments, run folder) at the same time, each with
-        ``threads`` CPU threads and its own log (``OUT/logs/step<N>.log``, appended to the demo
+        """Run ``jobs`` (title, ``python -m`` arguments, run folder) at the same time, the CPU
+        cores shared out among them (:func:`kit.report.parallel_env`), each with its own log (``OUT/logs/step<N>.log``, appended to the demo
         log when it ends). The screen gets a line per start and end and, every
         ``status_every`` seconds, each run's latest epoch (:func:`training_status`). Returns
         the seconds of each job; the first failure stops the others and ends the demo as in
         :meth:`run`."""
+        from kit.report import parallel_env
+
         logs = self.log.parent / "logs"
         logs.mkdir(exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        threads, env = parallel_env(len(jobs))
         running = []
         for title, args, folder in jobs:
             self.n += 1
@@ -129,7 +128,6 @@ class Steps:
                     print(f"[{job['n']}] {job['title']}: FAILED (exit {code})", flush=True)
                     self._fail(job["title"], code)
                 print(f"[{job['n']}] {job['title']}: done in {_duration(job['seconds'])}", flush=True)
-                self.seconds[job["title"]] = job["seconds"]
             if time.perf_counter() - last_status >= status_every:
                 last_status = time.perf_counter()
                 busy = [f"{job['folder'].name} {training_status(job['folder'])}"
@@ -266,11 +264,7 @@ def _main(argv=None) -> int:
     if "baseline" in args.models:
         minutes["baseline"] = steps.module(title("baseline"), *train_args("baseline")) / 60
     if learned:
-        # One CPU thread per model: two single-threaded trainings on 2 cores do about twice the
-        # steps of one after the other in the same wall time.
-        threads = max(1, (os.cpu_count() or 1) // len(learned))
-        seconds = steps.side_by_side([(title(m), train_args(m), out / "models" / m) for m in learned],
-                                     threads=threads)
+        seconds = steps.side_by_side([(title(m), train_args(m), out / "models" / m) for m in learned])
         minutes.update({m: s / 60 for m, s in zip(learned, seconds)})
     for model in args.models:
         folder = out / "models" / model
