@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup demo test test-slow bench bench-memory report-real clean
+.PHONY: setup demo test test-slow bench bench-memory report-real detectron2 clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,13 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+# Optional: the detectron2 model family. detectron2 publishes no wheels: build one from its source
+# (a git clone, or a .tar.gz / .zip of one) against the installed torch, cache it in wheels/ with
+# its pinned dependencies (wheels/detectron2.txt) and install them, offline from the cache.
+detectron2: setup
+	@test -n "$(SRC)" || { echo "usage: make detectron2 SRC=path/to/detectron2 (a git clone or a tarball of it)"; exit 2; }
+	$(BIN)/python -m tools.detectron2_wheel --src "$(SRC)" --install
 
 bench: setup
 	$(BIN)/python -m benchmarks.bench

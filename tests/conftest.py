@@ -62,6 +62,25 @@ def tiny_maskrcnn(folder, score: float = 0.05, nms: float = 0.5, **config):
     return folder
 
 
+def tiny_detectron2(folder, score: float = 0.05, nms: float = 0.5, **config):
+    """Save a random-init detectron2 Mask R-CNN R18-FPN folder for 128-200 px images, its every
+    cell type at ``score`` / ``nms`` (``config``: further Detectron2Config fields); returns the
+    folder. Needs detectron2."""
+    from kit.models.d2.config import Detectron2Config, build_cfg
+    from kit.models.d2.model import Detectron2Model
+    from kit.postprocess import PostprocessConfig, TypeParams
+
+    low = TypeParams(score=score, nms=nms, pixel=0.5, min_area=0)
+    overrides = {"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.RES2_OUT_CHANNELS": 64,
+                 "MODEL.RESNETS.NORM": "BN", "INPUT.MIN_SIZE_TEST": 128, "INPUT.MAX_SIZE_TEST": 200,
+                 "MODEL.RPN.PRE_NMS_TOPK_TEST": 200, "MODEL.RPN.POST_NMS_TOPK_TEST": 60,
+                 "TEST.DETECTIONS_PER_IMAGE": 20}
+    cfg = Detectron2Config(detectron2=overrides,
+                           postprocess=PostprocessConfig(shsy5y=low, astro=low, cort=low), **config)
+    Detectron2Model(cfg, build_cfg(cfg)).save(folder)
+    return folder
+
+
 @pytest.fixture(scope="session", autouse=True)
 def kit_cache(tmp_path_factory):
     """Caches the kit writes (e.g. Cellpose training targets) go to a temporary folder, for

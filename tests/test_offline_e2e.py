@@ -10,6 +10,7 @@
 4. ``kit.submission`` validates it and ``kit.cv`` scores it against the synthetic test labels.
 """
 import json
+import shutil
 import subprocess
 import sys
 
@@ -59,3 +60,37 @@ def test_offline_install_and_inference_kernel(synth_dir, baseline_run, kaggle_en
     assert done.returncode == 0, done.stderr
     result = json.loads(cv_json.read_text())
     assert result["n_images"] == 3 and result["missing_ids"] == [] and 0.0 <= result["map"] <= 1.0
+
+
+def test_offline_detectron2_model(synth_dir, baseline_run, kaggle_env, tmp_path):
+    """A detectron2 model folder: the bundle carries detectron2 and its pinned dependencies (from
+    the wheels `make detectron2` built), and the offline kernel predicts with it."""
+    pytest.importorskip("detectron2")
+    from tests.conftest import tiny_detectron2
+    from tools.detectron2_wheel import REQUIREMENTS
+
+    model = tiny_detectron2(tmp_path / "d2model", score=0.3)
+    shutil.copy2(baseline_run[0] / "celltype.joblib", model)  # the image types, as kit.train leaves
+    out_bundle = tmp_path / "bundle"
+    done = subprocess.run([sys.executable, str(REPO / "build_bundle.py"), "--weights", str(model),
+                           "--out", str(out_bundle), "--wheel-cache", str(tmp_path / "wheels")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out_bundle / "MANIFEST.json").read_text())
+    carried = {w.split("/")[1].split("-")[0].lower() for w in manifest["wheels"]}
+    pins = bundle.detectron2_pins()
+    assert {bundle.canonical(n).replace("-", "_") for n in pins} <= carried, (pins, carried)
+    assert bundle.read_pins(REQUIREMENTS)["detectron2"] == manifest["vendored"]["detectron2"]
+
+    prefix, env, how = bundle.offline_command()
+    print(f"network off via: {how}")
+    work = tmp_path / "working"
+    done = subprocess.run([*prefix, str(kaggle_env), str(REPO / "kernels" / "infer" / "infer.py"),
+                           "--bundle", str(out_bundle), "--data", str(synth_dir), "--out", str(work)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"installed {len(manifest['wheels'])} wheels" in done.stdout and "valid (" in done.stdout
+    where = subprocess.run([str(kaggle_env), "-c", "import detectron2; print(detectron2.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert str(kaggle_env.parents[1]) in where.stdout
+    assert run_module("kit.submission", work / "submission.csv", "--data", synth_dir).returncode == 0

@@ -8,7 +8,9 @@ The bundle folder holds::
     install.py              offline installer (kit/bundle_install.py): verify, then pip --no-index
     MANIFEST.json           sha256 of every file, the wheels to install, models, versions
     wheels/*.whl            what the Kaggle image lacks (wheels/inference.txt minus the Kaggle
-                            list) for the target platform, plus the kit's own wheel
+                            list) for the target platform, plus the kit's own wheel; with a
+                            detectron2 model, detectron2 and its pins (wheels/detectron2.txt)
+                            from the wheels ``make detectron2`` built
     weights/<name>/         one model folder per --weights (model.json, weights, configs)
 
 Vendored wheels are downloaded once into a cache (``wheels/`` of the repository by default)
@@ -33,6 +35,7 @@ from kit.bundle_install import MANIFEST, sha256
 
 REPO = Path(__file__).resolve().parents[1]
 INFERENCE_REQUIREMENTS = REPO / "wheels" / "inference.txt"
+DETECTRON2_REQUIREMENTS = REPO / "wheels" / "detectron2.txt"
 KAGGLE_HAS = Path(__file__).resolve().parent / "kaggle_has.txt"
 FIXED_EPOCH = "315532800"  # 1980-01-01, the earliest zip timestamp: reproducible kit wheel
 DEFAULT_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
@@ -76,6 +79,23 @@ def vendor_pins(target_freeze: Path | None = None) -> dict[str, str]:
     """Pinned packages the bundle must carry: inference requirements minus the Kaggle image's."""
     has = read_names(target_freeze or KAGGLE_HAS)
     return {n: v for n, v in sorted(read_pins(INFERENCE_REQUIREMENTS).items()) if n not in has}
+
+
+def detectron2_pins(target_freeze: Path | None = None) -> dict[str, str]:
+    """What a detectron2 model needs on top of :func:`vendor_pins`: wheels/detectron2.txt minus
+    the Kaggle image's packages."""
+    has = read_names(target_freeze or KAGGLE_HAS)
+    return {n: v for n, v in read_pins(DETECTRON2_REQUIREMENTS).items() if n not in has}
+
+
+def local_wheels(pins: dict[str, str], folder: Path) -> list[Path]:
+    """Wheels of ``pins`` already in ``folder`` (never downloaded: detectron2 has no wheel to
+    download, it is built from source); a BuildError saying how to build them otherwise."""
+    missing = [f"{n}=={v}" for n, v in pins.items() if find_wheel(folder, n, v) is None]
+    if missing:
+        raise BuildError(f"a detectron2 model needs wheels {missing} in {folder}: build them with "
+                         "`make detectron2 SRC=path/to/detectron2` (or pass --detectron2-wheels)")
+    return [find_wheel(folder, n, v) for n, v in pins.items()]
 
 
 def _wheel_matches(path: Path, name: str, version: str) -> bool:
@@ -174,12 +194,17 @@ def _copy_model(src: Path, dst: Path) -> None:
 
 
 def build(weights: list[Path], out: Path, slug: str, title: str, cache: Path,
-          target_freeze: Path | None = None, python_version: str = "3.11", offline: bool = False) -> dict:
+          target_freeze: Path | None = None, python_version: str = "3.11", offline: bool = False,
+          detectron2_wheels: Path = REPO / "wheels") -> dict:
     """Assemble the bundle in a temp folder next to ``out`` and rename it into place."""
     models = check_models(weights)
     meta = dataset_metadata(slug, title)
     pins = vendor_pins(target_freeze)
     vendored = fetch_wheels(pins, cache, python_version, offline)
+    if "detectron2" in models.values():
+        extra = {n: v for n, v in detectron2_pins(target_freeze).items() if n not in pins}
+        vendored += local_wheels(extra, detectron2_wheels)
+        pins = {**pins, **extra}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -273,6 +298,8 @@ def _main(argv=None) -> int:
     target.add_argument("--wheel-cache", type=Path, default=REPO / "wheels",
                         help="where downloaded wheels are kept between builds")
     target.add_argument("--offline", action="store_true", help="use cached wheels only, download nothing")
+    target.add_argument("--detectron2-wheels", type=Path, default=REPO / "wheels",
+                        help="where `make detectron2` put detectron2's wheels (detectron2 models only)")
     kaggle = parser.add_argument_group("Kaggle dataset")
     user = os.environ.get("KAGGLE_USERNAME", "user")
     kaggle.add_argument("--slug", default=f"{user}/sartorius-kit-bundle", help="dataset id user/slug")
@@ -288,7 +315,8 @@ def _main(argv=None) -> int:
         return 2
     try:
         manifest = build(args.weights, args.out, args.slug, args.title, args.wheel_cache,
-                         args.target_freeze, args.python_version, args.offline)
+                         args.target_freeze, args.python_version, args.offline,
+                         args.detectron2_wheels)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

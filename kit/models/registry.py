@@ -19,6 +19,7 @@ FAMILIES: dict[str, str] = {
     "baseline": "kit.models.baseline.family:FAMILY",
     "cellpose": "kit.models.cellpose.family:FAMILY",
     "maskrcnn": "kit.models.maskrcnn.family:FAMILY",
+    "detectron2": "kit.models.d2.family:FAMILY",
     "ensemble": "kit.models.ensemble.family:FAMILY",
 }
 _LOADED: dict[str, ModelFamily] = {}

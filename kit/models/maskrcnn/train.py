@@ -31,13 +31,10 @@ cosine decay ends when the budget does.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import time
 from pathlib import Path
-
-import numpy as np
 
 from kit.atomic import atomic_torch_save
 from kit.models import torch_device
@@ -47,6 +44,7 @@ from kit.models.maskrcnn.model import MaskRCNNModel
 from kit.models.maskrcnn.network import build_network
 from kit.models.maskrcnn.weights import load_pretrained
 from kit.models.schedule import BudgetClock
+from kit.models.validation import CsvLog, evaluate
 
 __all__ = ["fit", "lr_at", "evaluate", "livecell_classes"]
 
@@ -84,41 +82,6 @@ def livecell_classes(records, mode: str) -> tuple[list[str], dict[str, int]]:
     return names, {r.id: names.index(r.id.split("_")[0]) + 1 for r in records}
 
 
-class _CSV:
-    def __init__(self, path: Path, columns):
-        self.path, self.columns = path, columns
-        if not path.exists():
-            with open(path, "w", newline="") as f:
-                csv.writer(f).writerow(columns)
-
-    def __call__(self, **row):
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([_fmt(row.get(c, "")) for c in self.columns])
-
-
-def _fmt(v):
-    return f"{v:.6g}" if isinstance(v, float) else v
-
-
-def evaluate(model: MaskRCNNModel, records) -> dict:
-    """Held-out MAP of ``model`` on ``records`` (true cell types passed; ``cell_type: vote``
-    models ignore them). An image without predictions scores 0, never NaN."""
-    from kit import metric
-
-    scores, n_pred = [], 0
-    for rec in records:
-        labels = model.predict(rec.load_image(), rec.cell_type)
-        n_pred += int(len(np.unique(labels)) - (labels.min() == 0 if labels.size else 0))
-        scores.append(metric.image_score(list(rec.rles), labels, rec.shape, id=rec.id,
-                                         cell_type=rec.cell_type))
-    if not scores:
-        return {"map": 0.0, "by_cell_type": {}, "n_images": 0, "n_pred": n_pred}
-    summary = metric.summarize(scores)
-    by = {k: float(v.map) for k, v in summary.by_cell_type.items()}
-    return {"map": float(summary.map), "by_cell_type": by,
-            "n_images": len(scores), "n_pred": n_pred}
-
-
 def _optimizer(net, tcfg):
     import torch
 
@@ -136,8 +99,8 @@ def _optimizer(net, tcfg):
 class _Trainer:
     def __init__(self, cfg: MaskRCNNConfig, out: Path, log, device):
         self.cfg, self.out, self.log, self.device = cfg, out, log, device
-        self.iter_csv = _CSV(out / "train_iter.csv", ITER_COLUMNS)
-        self.eval_csv = _CSV(out / "eval.csv", EVAL_COLUMNS)
+        self.iter_csv = CsvLog(out / "train_iter.csv", ITER_COLUMNS)
+        self.eval_csv = CsvLog(out / "eval.csv", EVAL_COLUMNS)
         self.ckpt = out / "checkpoints" / "last.pt"
 
     def run_stage(self, stage: str, records, classes, label_of, epochs: int, *, init=None,

@@ -1,0 +1,76 @@
+"""Training data for detectron2: :class:`kit.data.ImageRecord` -> detectron2 dataset dicts,
+registered in its ``DatasetCatalog``, and the train-time mapper (detectron2's own
+``DatasetMapper`` with the config's augmentations, plus vertical flips)."""
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import numpy as np
+
+from kit.data import DataError
+
+_names = itertools.count()
+
+
+def dataset_dicts(records: Sequence, classes: Sequence[str]) -> list[dict]:
+    """detectron2's standard dataset dicts of ``records`` (``file_name``, ``height``, ``width``,
+    ``image_id``, ``annotations``: one per instance with ``bbox`` (x0, y0, x1, y1) in pixels,
+    ``bbox_mode`` XYXY_ABS, ``segmentation`` a compressed COCO RLE (column-major, counts as
+    bytes), ``category_id`` = ``classes.index(cell type)``). Empty masks are left out.
+    Each mask is decoded alone (never an N x H x W stack of an image's masks)."""
+    from detectron2.structures import BoxMode
+    from pycocotools import mask as coco_mask
+
+    from kit.rle import decode
+
+    out = []
+    for rec in records:
+        if rec.image_path is None:
+            raise DataError(f"record {rec.id!r} has no image file: detectron2 reads images from disk")
+        if rec.cell_type not in classes:
+            raise DataError(f"record {rec.id!r}: cell type {rec.cell_type!r} is not one of the "
+                            f"model's classes {list(classes)}")
+        category = list(classes).index(rec.cell_type)
+        h, w = rec.shape
+        annotations = []
+        for rle in rec.rles:
+            mask = decode(rle, (h, w))
+            rows = np.flatnonzero(mask.any(axis=1))
+            if rows.size == 0:
+                continue
+            cols = np.flatnonzero(mask.any(axis=0))
+            coco = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+            annotations.append({
+                "bbox": [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)],
+                "bbox_mode": BoxMode.XYXY_ABS, "segmentation": coco, "category_id": category,
+                "iscrowd": 0})
+        out.append({"file_name": str(rec.image_path), "height": h, "width": w, "image_id": rec.id,
+                    "annotations": annotations})
+    return out
+
+
+def register(records: Sequence, classes: Sequence[str], prefix: str = "kit") -> str:
+    """Register ``records`` in detectron2's ``DatasetCatalog`` (and the class names in its
+    ``MetadataCatalog``) under a new name; returns the name."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    dicts = dataset_dicts(records, classes)
+    name = f"{prefix}_{next(_names)}_{len(dicts)}"
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(thing_classes=list(classes))
+    return name
+
+
+def train_mapper(cfg, vflip: bool):
+    """detectron2's ``DatasetMapper`` for training with the augmentations ``cfg`` asks for
+    (``ResizeShortestEdge`` over ``INPUT.MIN_SIZE_TRAIN``, horizontal ``RandomFlip``, optional
+    ``INPUT.CROP``), plus a vertical flip when ``vflip``."""
+    from detectron2.data import DatasetMapper
+    from detectron2.data import transforms as T
+
+    kwargs = DatasetMapper.from_config(cfg, is_train=True)
+    if vflip:
+        kwargs["augmentations"] = [*kwargs["augmentations"],
+                                   T.RandomFlip(horizontal=False, vertical=True)]
+    return DatasetMapper(**kwargs)
