@@ -2,7 +2,6 @@
 prediction, raw detections, save and load."""
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -154,7 +153,3 @@ class Detectron2Model:
         extra = {k: v for k, v in doc.items()
                  if k not in ("type", "weights", "config", "detectron2_config")}
         return cls(config, cfg, net, extra)
-
-    def with_config(self, **changes) -> "Detectron2Model":
-        """A model sharing this network, with the kit config's fields replaced."""
-        return Detectron2Model(dataclasses.replace(self.config, **changes), self.cfg, self.net, self.extra)

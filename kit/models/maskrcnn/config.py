@@ -24,6 +24,7 @@ class ModelConfig:
     stride_in_1x1: bool = False
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_rule: Literal["torchvision", "detectron2"] = "torchvision"
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 1000
     rpn_pre_nms_top_n_test: int = 2000

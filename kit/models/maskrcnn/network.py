@@ -187,10 +187,43 @@ def apply_stride_in_1x1(body) -> None:
         blk.conv1.stride, blk.conv2.stride = blk.conv2.stride, (1, 1)
 
 
+def _make_anchor_generator(mcfg: ModelConfig):
+    """One anchor size per FPN level P2-P6 x ``aspect_ratios``, by ``mcfg.anchor_rule``:
+    ``torchvision`` (its ``AnchorGenerator``: corners rounded to integers, a level's stride =
+    padded image size // feature size, e.g. 544 // 9 = 60 instead of 64 on P6 of a 520-px image)
+    or ``detectron2`` (its ``DefaultAnchorGenerator``: corners as computed, strides 4, 8, 16, 32,
+    64)."""
+    import torch
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    class Detectron2Anchors(AnchorGenerator):
+        """detectron2's anchors (offset 0) in torchvision's order and interface."""
+
+        def generate_anchors(self, scales, aspect_ratios, dtype=torch.float32,
+                             device=torch.device("cpu")):
+            scales = torch.as_tensor(scales, dtype=dtype, device=device)
+            ratios = torch.as_tensor(aspect_ratios, dtype=dtype, device=device)
+            h_ratios = torch.sqrt(ratios)
+            ws = ((1 / h_ratios)[:, None] * scales[None, :]).view(-1)
+            hs = (h_ratios[:, None] * scales[None, :]).view(-1)
+            return torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+
+        def forward(self, image_list, feature_maps):
+            grid_sizes = [f.shape[-2:] for f in feature_maps]
+            dtype, device = feature_maps[0].dtype, feature_maps[0].device
+            strides = [[torch.tensor(4 * 2 ** k, device=device)] * 2 for k in range(len(grid_sizes))]
+            self.set_cell_anchors(dtype, device)
+            per_level = self.grid_anchors(grid_sizes, strides)
+            return [torch.cat(per_level) for _ in image_list.image_sizes]
+
+    kind = Detectron2Anchors if mcfg.anchor_rule == "detectron2" else AnchorGenerator
+    return kind(sizes=tuple((s,) for s in mcfg.anchor_sizes),
+                aspect_ratios=(tuple(mcfg.aspect_ratios),) * len(mcfg.anchor_sizes))
+
+
 def build_network(mcfg: ModelConfig):
     """torchvision ``MaskRCNN`` from ``mcfg`` (random init; no weights are ever downloaded)."""
     from torchvision.models.detection import MaskRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
     backbone = resnet_fpn_backbone(backbone_name=f"resnet{mcfg.backbone_depth}", weights=None,
@@ -198,8 +231,7 @@ def build_network(mcfg: ModelConfig):
                                    trainable_layers=mcfg.trainable_backbone_layers)
     if mcfg.stride_in_1x1:
         apply_stride_in_1x1(backbone.body)
-    anchors = AnchorGenerator(sizes=tuple((s,) for s in mcfg.anchor_sizes),
-                              aspect_ratios=(tuple(mcfg.aspect_ratios),) * len(mcfg.anchor_sizes))
+    anchors = _make_anchor_generator(mcfg)
     names = ["0", "1", "2", "3"]
     net = MaskRCNN(
         backbone, num_classes=len(mcfg.classes) + 1,
