@@ -204,3 +204,71 @@ def test_bundle_refuses_a_detectron2_model_without_its_wheels(tmp_path):
 
     with pytest.raises(BuildError, match=r"detectron2==0.6.*`make detectron2 SRC="):
         local_wheels({"detectron2": "0.6", "fvcore": "0.1.5.post20221221"}, tmp_path)
+
+
+NO_COMPILED_OPS = r"""
+import importlib.abc
+import sys
+
+
+class Refuse(importlib.abc.MetaPathFinder):   # as on an image whose torch the wheel was not built for
+    def find_spec(self, name, path, target=None):
+        if name == "detectron2._C":
+            raise ImportError("detectron2._C: undefined symbol (built for another torch)")
+
+
+sys.meta_path.insert(0, Refuse())
+import numpy as np
+import torch
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from kit.models import load_model
+from tests.conftest import tiny_detectron2
+
+torch.set_num_threads(1)
+model = load_model(tiny_detectron2(sys.argv[1]))
+image = (np.random.default_rng(0).random((128, 160)) * 255).astype(np.uint8)
+raw = model.predict_raw(image)
+mask = torch.zeros((1, 128, 160), dtype=torch.bool)
+mask[0, 10:50, 10:40] = True
+target = Instances((128, 160), gt_boxes=Boxes(torch.tensor([[10.0, 10.0, 40.0, 50.0]])),
+                   gt_classes=torch.tensor([2]), gt_masks=BitMasks(mask))
+model.net.train()
+with EventStorage():
+    losses = model.net([{"image": torch.from_numpy(np.repeat(image[None], 3, 0)).float(),
+                         "instances": target}])
+sum(losses.values()).backward()
+assert "detectron2._C" not in sys.modules
+print("ok", len(raw), sorted(losses))
+"""
+
+
+def test_mask_rcnn_needs_no_compiled_ops(d2, tmp_path):
+    """The wheel's C++ ops are built for the torch here; on a Kaggle image with another torch
+    they do not load. Mask R-CNN R50-FPN never needs them (ROIAlign and NMS are torchvision's):
+    with `detectron2._C` unloadable, a model still predicts and a training step runs."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", NO_COMPILED_OPS, str(tmp_path / "m")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("ok") and "loss_mask" in done.stdout
+
+
+def test_code_only_bundle_with_detectron2_for_its_training_kernel(d2, tmp_path):
+    import subprocess
+    import sys
+
+    from tools import bundle
+
+    if bundle.find_wheel(REPO / "wheels", "detectron2", "0.6") is None:
+        pytest.skip("detectron2 was not built by `make detectron2`")
+    done = subprocess.run([sys.executable, str(REPO / "build_bundle.py"), "--out", str(tmp_path / "b"),
+                           "--with-detectron2"], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "b" / "MANIFEST.json").read_text())
+    assert manifest["models"] == {}
+    assert any(w.startswith("wheels/detectron2-0.6-") for w in manifest["wheels"])
+    assert set(bundle.detectron2_pins()) <= set(manifest["vendored"])

@@ -195,13 +195,15 @@ def _copy_model(src: Path, dst: Path) -> None:
 
 def build(weights: list[Path], out: Path, slug: str, title: str, cache: Path,
           target_freeze: Path | None = None, python_version: str = "3.11", offline: bool = False,
-          detectron2_wheels: Path = REPO / "wheels") -> dict:
-    """Assemble the bundle in a temp folder next to ``out`` and rename it into place."""
+          detectron2_wheels: Path = REPO / "wheels", with_detectron2: bool = False) -> dict:
+    """Assemble the bundle in a temp folder next to ``out`` and rename it into place.
+    detectron2's wheels come along with a detectron2 model, or with ``with_detectron2`` (a
+    bundle the detectron2 training kernel installs from)."""
     models = check_models(weights)
     meta = dataset_metadata(slug, title)
     pins = vendor_pins(target_freeze)
     vendored = fetch_wheels(pins, cache, python_version, offline)
-    if "detectron2" in models.values():
+    if with_detectron2 or "detectron2" in models.values():
         extra = {n: v for n, v in detectron2_pins(target_freeze).items() if n not in pins}
         vendored += local_wheels(extra, detectron2_wheels)
         pins = {**pins, **extra}
@@ -300,6 +302,8 @@ def _main(argv=None) -> int:
     target.add_argument("--offline", action="store_true", help="use cached wheels only, download nothing")
     target.add_argument("--detectron2-wheels", type=Path, default=REPO / "wheels",
                         help="where `make detectron2` put detectron2's wheels (detectron2 models only)")
+    target.add_argument("--with-detectron2", action="store_true",
+                        help="carry detectron2's wheels without a detectron2 model (its training kernel)")
     kaggle = parser.add_argument_group("Kaggle dataset")
     user = os.environ.get("KAGGLE_USERNAME", "user")
     kaggle.add_argument("--slug", default=f"{user}/sartorius-kit-bundle", help="dataset id user/slug")
@@ -316,7 +320,7 @@ def _main(argv=None) -> int:
     try:
         manifest = build(args.weights, args.out, args.slug, args.title, args.wheel_cache,
                          args.target_freeze, args.python_version, args.offline,
-                         args.detectron2_wheels)
+                         args.detectron2_wheels, args.with_detectron2)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
