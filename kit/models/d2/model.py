@@ -3,6 +3,7 @@ prediction, raw detections, save and load."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,25 @@ import numpy as np
 from kit import CELL_TYPES
 from kit.atomic import atomic_open
 from kit.models.d2.config import Detectron2Config, require_detectron2
-from kit.postprocess import Detections, postprocess
+from kit.postprocess import Detections, paint, select
 
 CFG_FILE = "detectron2.yaml"
 WEIGHTS = "model.pth"
+
+
+@contextmanager
+def _inference(net):
+    """The network in eval mode and torch in inference mode; the network's mode restored after
+    (validation runs in the middle of training)."""
+    import torch
+
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        net.train(was_training)
 
 
 def to_bgr(image: np.ndarray) -> np.ndarray:
@@ -52,48 +68,78 @@ class Detectron2Model:
 
     # -- inference ---------------------------------------------------------------------------
 
-    def predict_raw(self, image: np.ndarray, score_thresh: float | None = None) -> Detections:
-        """Raw detections of one (H, W) uint8 image: every box detectron2 keeps (score >=
-        ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``, and >= ``score_thresh`` when given) with its 28x28
-        mask probabilities, boxes in original-image pixels (x1, y1, x2, y2), classes 0-based.
-
-        detectron2's own ``inference(..., do_postprocess=False)``: the image resized as
-        ``DefaultPredictor`` does (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``), then boxes
-        scaled back like its ``detector_postprocess``; the masks are painted by
-        :mod:`kit.postprocess`, not by detectron2's paste.
-        """
+    def _detect(self, image: np.ndarray):
+        """detectron2's inference up to the box head: ``(features, instances, (h, w))``, the
+        instances (boxes in network-input pixels, scores, classes, no masks yet) on the CPU-side
+        device of the network. The image is resized as detectron2's ``DefaultPredictor`` does
+        (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``). Call inside ``torch.inference_mode``
+        with the network in eval mode."""
         import torch
 
         bgr = to_bgr(image)
         h, w = bgr.shape[:2]
         resized = self.resize.get_transform(bgr).apply_image(bgr)
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)), dtype=torch.float32)
-        was_training = self.net.training
-        self.net.eval()
-        with torch.inference_mode():
-            inst = self.net.inference([{"image": tensor, "height": h, "width": w}],
-                                      do_postprocess=False)[0]
-        self.net.train(was_training)
-        inst = inst.to("cpu")
-        rh, rw = inst.image_size
-        boxes = inst.pred_boxes.tensor.numpy() * np.array([w / rw, h / rh, w / rw, h / rh], np.float32)
-        scores = inst.scores.numpy()
-        classes = inst.pred_classes.numpy()
-        masks = inst.pred_masks[:, 0].float().numpy() if len(inst) else np.zeros((0, 28, 28), np.float32)
-        if score_thresh is not None:
-            keep = scores >= score_thresh
-            boxes, scores, classes, masks = boxes[keep], scores[keep], classes[keep], masks[keep]
-        return Detections(boxes.astype(np.float32), scores.astype(np.float32), classes.astype(np.int64),
-                          masks.astype(np.float32), (h, w), self.class_names)
+        net = self.net
+        images = net.preprocess_image([{"image": tensor}])
+        features = net.backbone(images.tensor)
+        proposals, _ = net.proposal_generator(images, features, None)
+        # = roi_heads.forward in eval mode, split before its mask head
+        instances = net.roi_heads._forward_box(features, proposals)[0]
+        return features, instances, (h, w)
+
+    def _masks(self, features, instances) -> np.ndarray:
+        """(N, 28, 28) float32 mask probabilities of ``instances`` (detectron2's mask head on
+        the given boxes, each box's own class channel)."""
+        if len(instances) == 0:
+            return np.zeros((0, 28, 28), np.float32)
+        out = self.net.roi_heads.forward_with_given_boxes(features, [instances])[0]
+        return out.pred_masks[:, 0].float().cpu().numpy()
+
+    def _to_detections(self, instances, image_shape, masks) -> Detections:
+        h, w = image_shape
+        rh, rw = instances.image_size
+        boxes = instances.pred_boxes.tensor.float().cpu().numpy() \
+            * np.array([w / rw, h / rh, w / rw, h / rh], np.float32)
+        return Detections(boxes.astype(np.float32), instances.scores.float().cpu().numpy(),
+                          instances.pred_classes.cpu().numpy().astype(np.int64), masks, (h, w),
+                          self.class_names)
+
+    def predict_raw(self, image: np.ndarray, score_thresh: float | None = None) -> Detections:
+        """Raw detections of one (H, W) uint8 image: every box detectron2 keeps (score >=
+        ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``, and >= ``score_thresh`` when given) with its 28x28
+        mask probabilities, boxes in original-image pixels (x1, y1, x2, y2), classes 0-based.
+
+        detectron2's own inference (``inference(..., do_postprocess=False)``, in two steps), boxes
+        scaled back like its ``detector_postprocess``; the masks are painted by
+        :mod:`kit.postprocess`, not by detectron2's paste.
+        """
+        with _inference(self.net):
+            features, instances, shape = self._detect(image)
+            if score_thresh is not None:
+                instances = instances[instances.scores >= score_thresh]
+            return self._to_detections(instances, shape, self._masks(features, instances))
 
     def predict(self, image: np.ndarray, cell_type: str | None = None) -> np.ndarray:
         """(H, W) int32 label image: :func:`kit.postprocess.postprocess` of :meth:`predict_raw`
         with the image's type = the detections' vote (config ``cell_type: vote``) or
-        ``cell_type`` (``given``; vote when None)."""
+        ``cell_type`` (``given``; vote when None). The mask head runs only on the detections
+        that pass the type's score threshold and box NMS (each box's mask depends on its box
+        alone, so the label image is the same)."""
         if cell_type is not None and cell_type not in CELL_TYPES:
             raise ValueError(f"unknown cell_type {cell_type!r}; valid types are {list(CELL_TYPES)}")
         given = cell_type if self.config.cell_type == "given" else None
-        return postprocess(self.predict_raw(image), given, self.config.postprocess)
+        import torch
+
+        pp = self.config.postprocess
+        with _inference(self.net):
+            features, instances, shape = self._detect(image)
+            dets = self._to_detections(instances, shape, None)
+            ct, idx = select(dets, given, pp)
+            if ct is None or len(idx) == 0:
+                return np.zeros(shape, np.int32)
+            masks = self._masks(features, instances[torch.from_numpy(idx)])
+        return paint(dets.boxes[idx], masks, shape, pp.params(ct), pp.nms_mode, pp.fill_holes)
 
     # -- folder ------------------------------------------------------------------------------
 
