@@ -67,3 +67,10 @@ def test_demo_refuses_a_data_folder_without_train_csv(tmp_path):
     done = run_module("tools.demo", "--out", tmp_path / "o", "--data", tmp_path)
     assert done.returncode == 2 and "no train.csv" in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_kit_demo_is_the_demo_and_says_how_to_use_real_data():
+    done = run_module("kit.demo", "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m kit.demo")
+    assert "--data DIR runs the same path on a competition directory" in " ".join(done.stdout.split())

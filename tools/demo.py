@@ -206,8 +206,8 @@ def results_table(rows: dict, cell_types: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n")[0],
+def _main(argv=None, prog: str = "python -m tools.demo") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0],
                                      epilog="Real data: --data DIR runs the same path on a competition "
                                             "directory (train.csv + train/ [+ test/]); e.g. on Kaggle "
                                             "--data /kaggle/input/sartorius-cell-instance-segmentation, "
@@ -346,11 +346,11 @@ def _report(out: Path, rows: dict, shipped: str, test_scores: dict | None, outpu
                    "seconds": round(seconds, 1)}, f, indent=1, allow_nan=False)
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python -m tools.demo") -> int:
     """The command line: :func:`_main`, every input error one line, exit 2 (:func:`kit.errors.cli`)."""
     from kit.errors import cli
 
-    return cli(_main, argv, input_error=2)
+    return cli(lambda args: _main(args, prog), argv, input_error=2)
 
 
 if __name__ == "__main__":
