@@ -28,17 +28,19 @@ def kaggle_env(tmp_path_factory):
     return bundle.make_kaggle_like_env(tmp_path_factory.mktemp("kaggle-env") / "venv")
 
 
-def test_offline_install_and_inference_kernel(synth_dir, baseline_run, kaggle_env, tmp_path):
-    model = baseline_run[0]
+def build_bundle(model, tmp_path):
+    """``build_bundle.py --weights model`` into ``tmp_path/bundle`` (wheels may be downloaded)."""
     out_bundle = tmp_path / "bundle"
     done = subprocess.run([sys.executable, str(REPO / "build_bundle.py"), "--weights", str(model),
                            "--out", str(out_bundle), "--wheel-cache", str(tmp_path / "wheels")],
                           capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
+    return out_bundle
 
-    # the Kaggle-like env has no kit and no cellpose before the install
-    probe = subprocess.run([str(kaggle_env), "-c", "import kit"], capture_output=True, cwd=tmp_path)
-    assert probe.returncode != 0
+
+def run_offline_kernel(kaggle_env, out_bundle, synth_dir, tmp_path):
+    """``kernels/infer/infer.py`` in the Kaggle-like env with the network off; asserts exit 0,
+    returns (CompletedProcess, the kernel's output folder)."""
     prefix, env, how = bundle.offline_command()
     print(f"network off via: {how}")
     work = tmp_path / "working"
@@ -46,6 +48,16 @@ def test_offline_install_and_inference_kernel(synth_dir, baseline_run, kaggle_en
                            "--bundle", str(out_bundle), "--data", str(synth_dir), "--out", str(work)],
                           capture_output=True, text=True, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done, work
+
+
+def test_offline_install_and_inference_kernel(synth_dir, baseline_run, kaggle_env, tmp_path):
+    out_bundle = build_bundle(baseline_run[0], tmp_path)
+
+    # the Kaggle-like env has no kit and no cellpose before the install
+    probe = subprocess.run([str(kaggle_env), "-c", "import kit"], capture_output=True, cwd=tmp_path)
+    assert probe.returncode != 0
+    done, work = run_offline_kernel(kaggle_env, out_bundle, synth_dir, tmp_path)
     assert "installed 8 wheels" in done.stdout and "valid (" in done.stdout
     # what got imported came from the bundle's wheels, inside the Kaggle-like env
     where = subprocess.run([str(kaggle_env), "-c", "import importlib.metadata as m, kit, cellpose; print(kit.__file__, m.version('cellpose'))"],
@@ -71,24 +83,14 @@ def test_offline_detectron2_model(synth_dir, baseline_run, kaggle_env, tmp_path)
 
     model = tiny_detectron2(tmp_path / "d2model", score=0.3)
     shutil.copy2(baseline_run[0] / "celltype.joblib", model)  # the image types, as kit.train leaves
-    out_bundle = tmp_path / "bundle"
-    done = subprocess.run([sys.executable, str(REPO / "build_bundle.py"), "--weights", str(model),
-                           "--out", str(out_bundle), "--wheel-cache", str(tmp_path / "wheels")],
-                          capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 0, done.stderr
+    out_bundle = build_bundle(model, tmp_path)
     manifest = json.loads((out_bundle / "MANIFEST.json").read_text())
     carried = {w.split("/")[1].split("-")[0].lower() for w in manifest["wheels"]}
     pins = bundle.detectron2_pins()
     assert {bundle.canonical(n).replace("-", "_") for n in pins} <= carried, (pins, carried)
     assert bundle.read_pins(REQUIREMENTS)["detectron2"] == manifest["vendored"]["detectron2"]
 
-    prefix, env, how = bundle.offline_command()
-    print(f"network off via: {how}")
-    work = tmp_path / "working"
-    done = subprocess.run([*prefix, str(kaggle_env), str(REPO / "kernels" / "infer" / "infer.py"),
-                           "--bundle", str(out_bundle), "--data", str(synth_dir), "--out", str(work)],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done, work = run_offline_kernel(kaggle_env, out_bundle, synth_dir, tmp_path)
     assert f"installed {len(manifest['wheels'])} wheels" in done.stdout and "valid (" in done.stdout
     where = subprocess.run([str(kaggle_env), "-c", "import detectron2; print(detectron2.__file__)"],
                            capture_output=True, text=True, cwd=tmp_path)

@@ -27,7 +27,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -35,6 +34,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from kit.atomic import write_atomic
 from tools.bundle import BuildError, find_wheel, read_pins
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,12 +131,8 @@ def build_detectron2(src: Path, wheels: Path, log=print) -> Path:
                              f"detectron2-{version}-*.whl (wheels/detectron2.txt pins {version})")
         for old in wheels.glob(f"detectron2-{version}-*.whl"):
             old.unlink()
-        wheel = wheels / built[0].name
-        shutil.copy2(built[0], wheels / (built[0].name + ".part"))
-        os.replace(wheels / (built[0].name + ".part"), wheel)
-    tmp_stamp = stamp.with_suffix(".part")
-    tmp_stamp.write_text(json.dumps({"built": want, "wheel": wheel.name}, indent=1) + "\n")
-    os.replace(tmp_stamp, stamp)
+        wheel = write_atomic(wheels / built[0].name, built[0].read_bytes())
+    write_atomic(stamp, (json.dumps({"built": want, "wheel": wheel.name}, indent=1) + "\n").encode())
     log(f"detectron2: built {wheel.name} ({wheel.stat().st_size / 1e6:.1f} MB)")
     return wheel
 

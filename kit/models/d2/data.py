@@ -16,13 +16,12 @@ _names = itertools.count()
 def dataset_dicts(records: Sequence, classes: Sequence[str]) -> list[dict]:
     """detectron2's standard dataset dicts of ``records`` (``file_name``, ``height``, ``width``,
     ``image_id``, ``annotations``: one per instance with ``bbox`` (x0, y0, x1, y1) in pixels,
-    ``bbox_mode`` XYXY_ABS, ``segmentation`` a compressed COCO RLE (column-major, counts as
-    bytes), ``category_id`` = ``classes.index(cell type)``). Empty masks are left out.
+    ``bbox_mode`` XYXY_ABS, ``segmentation`` a compressed COCO RLE (:func:`kit.rle.mask_to_coco`:
+    column-major, counts as str), ``category_id`` = ``classes.index(cell type)``). Empty masks are left out.
     Each mask is decoded alone (never an N x H x W stack of an image's masks)."""
     from detectron2.structures import BoxMode
-    from pycocotools import mask as coco_mask
 
-    from kit.rle import decode
+    from kit.rle import decode, mask_to_coco
 
     out = []
     for rec in records:
@@ -40,10 +39,10 @@ def dataset_dicts(records: Sequence, classes: Sequence[str]) -> list[dict]:
             if rows.size == 0:
                 continue
             cols = np.flatnonzero(mask.any(axis=0))
-            coco = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
             annotations.append({
                 "bbox": [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)],
-                "bbox_mode": BoxMode.XYXY_ABS, "segmentation": coco, "category_id": category,
+                "bbox_mode": BoxMode.XYXY_ABS, "segmentation": mask_to_coco(mask),
+                "category_id": category,
                 "iscrowd": 0})
         out.append({"file_name": str(rec.image_path), "height": h, "width": w, "image_id": rec.id,
                     "annotations": annotations})

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from kit.models.d2.config import load_config
 from kit.models.family import FitOptions
 from kit.models.maskrcnn.family import MaskRCNNFamily
@@ -32,9 +30,6 @@ class Detectron2Family(MaskRCNNFamily):
         from kit.models.d2.model import Detectron2Model
 
         return Detectron2Model.load(folder)
-
-    def predict_raw(self, model, image: np.ndarray, cell_type: str, min_score=None):
-        return model.predict_raw(image, score_thresh=min_score)
 
 
 FAMILY = Detectron2Family()
