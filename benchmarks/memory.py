@@ -18,6 +18,13 @@ Target: both slopes <= 0.5 MB per image. Cellpose's training targets are cached 
 (``KIT_CACHE``, a fresh folder per benchmark): a first, unmeasured-for-the-slope run of the
 smallest pair builds them (its peak and seconds are printed as the first-run cost), so the
 measured runs compare alike. The load average is printed: the machine is shared.
+
+``--livecell N [N ...]`` measures the LIVECell stage instead, at LIVECell's scale: synthetic
+LIVECell (:mod:`kit.synth_livecell`, 128 x 160 images in LIVECell's COCO layout) of each count
+goes through ``kit.train MODEL --livecell JSON --livecell-images DIR`` (reading the json, the
+LIVECell stage for a few steps, then the Sartorius stage on a few of ``--data``'s images), and
+the slope is MB per LIVECell image. Cellpose's LIVECell targets are built into the cache by a
+first run at the largest count (its seconds: the first-run cost); every measured run reads them.
 """
 from __future__ import annotations
 
@@ -33,8 +40,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sartorius"
-CPU_CONFIGS = {"cellpose": "cellpose_cpu.yaml", "maskrcnn": "maskrcnn_cpu_demo.yaml"}
+CPU_CONFIGS = {"cellpose": "cellpose_cpu.yaml", "maskrcnn": "maskrcnn_cpu_demo.yaml",
+               "detectron2": "detectron2_cpu_real.yaml"}
 TARGET_MB_PER_IMAGE = 0.5
+# The few steps of the LIVECell check: one LIVECell epoch of a few batches, one Sartorius epoch.
+LIVECELL_STEPS = {
+    "maskrcnn": {"train": {"livecell_epochs": 1, "epochs": 1, "max_iters_per_epoch": 3,
+                           "eval_max_images": 2}},
+    "cellpose": {"train": {"livecell_epochs": 1, "epochs": 1, "nimg_per_epoch": 16},
+                 "size_model": {"epochs": 1}},
+}
 
 
 def subset_dir(data: Path, train_ids: list[str], held_out_ids: list[str], out: Path) -> Path:
@@ -66,10 +81,10 @@ def with_copies(base: list[str], n: int) -> list[str]:
     return [base[k % len(base)] + (f"~{k // len(base)}" if k >= len(base) else "") for k in range(n)]
 
 
-def peak_rss_mb(cmd: list[str], env: dict) -> tuple[float, float, int]:
+def peak_rss_mb(cmd: list[str], env: dict, cwd: Path | None = None) -> tuple[float, float, int]:
     """(peak RSS in MB, wall seconds, exit code) of one subprocess."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
@@ -94,13 +109,90 @@ def measure(model: str, data: Path, n_train: int, n_held_out: int, ids: list[str
     rss, seconds, code = peak_rss_mb(cmd, env)
     if code:
         raise SystemExit(f"{' '.join(cmd)} exited {code}")
-    built = None
-    for line in (out / "train.log").read_text().splitlines():
+    return {"model": model, "n_train": n_train, "n_held_out": n_held_out, "peak_rss_mb": round(rss, 1),
+            "seconds": round(seconds, 1), **logged(out)}
+
+
+def logged(run: Path) -> dict:
+    """What a run's train.log says: ``targets_built`` (Cellpose) and ``estimate_mb``, the peak
+    RSS its memory plan estimated before it started."""
+    found = {"targets_built": None, "estimate_mb": None}
+    for line in (run / "train.log").read_text().splitlines():
         event = json.loads(line)
         if event["event"] == "cellpose_data":
-            built = event.get("targets_built")
-    return {"model": model, "n_train": n_train, "n_held_out": n_held_out, "peak_rss_mb": round(rss, 1),
-            "seconds": round(seconds, 1), "targets_built": built}
+            found["targets_built"] = event.get("targets_built")
+        elif event["event"] == "memory_plan":
+            found["estimate_mb"] = event.get("peak_mb")
+    return found
+
+
+def livecell_config(model: str, out: Path) -> Path:
+    """``model``'s CPU config with :data:`LIVECELL_STEPS` merged in, written to ``out``."""
+    import yaml
+
+    doc = yaml.safe_load((REPO / "kit" / "configs" / CPU_CONFIGS[model]).read_text())
+    for section, keys in LIVECELL_STEPS[model].items():
+        doc.setdefault(section, {}).update(keys)
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
+def livecell_subset(json_path: Path, n: int, out: Path) -> Path:
+    """The first ``n`` images of a LIVECell json and their annotations, written to ``out``."""
+    doc = json.loads(Path(json_path).read_text())
+    images = doc["images"][:n]
+    keep = {im["id"] for im in images}
+    anns = {k: a for k, a in doc["annotations"].items() if a["image_id"] in keep}
+    out.write_text(json.dumps({**doc, "images": images, "annotations": anns}, separators=(",", ":")))
+    return out
+
+
+def measure_livecell(model: str, competition: Path, lc_json: Path, lc_images: Path, n: int,
+                     work: Path, env: dict) -> dict:
+    """One ``kit.train`` run whose LIVECell stage reads the first ``n`` images of ``lc_json``."""
+    tag = f"{model}_livecell_{n}"
+    work.mkdir(parents=True, exist_ok=True)
+    sub_json = livecell_subset(lc_json, n, work / f"{tag}.json")
+    cmd = [sys.executable, "-m", "kit.train", model, "--data", str(competition),
+           "--folds", str(competition / "folds.csv"), "--fold", "1", "--out", str(work / tag),
+           "--livecell", str(sub_json), "--livecell-images", str(lc_images), "--quiet",
+           "--config", str(livecell_config(model, work / f"{tag}.yaml"))]
+    rss, seconds, code = peak_rss_mb(cmd, env)
+    if code:
+        raise SystemExit(f"{' '.join(cmd)} exited {code}")
+    return {"model": model, "n_livecell": n, "peak_rss_mb": round(rss, 1), "seconds": round(seconds, 1),
+            **logged(work / tag)}
+
+
+def livecell_check(args, ids: list[str], env: dict, tmp: Path) -> dict:
+    """The ``--livecell`` runs: ``{model: {"runs": [...], "mb_per_livecell_image", "first_run"}}``."""
+    from kit.synth_livecell import JSON_NAME, make_livecell
+
+    t0 = time.perf_counter()
+    lc = make_livecell(tmp / "livecell", max(args.livecell), seed=0)
+    print(f"synthetic LIVECell: {max(args.livecell)} images in {time.perf_counter() - t0:.0f} s")
+    competition = subset_dir(args.data, ids[:8], ids[8:10], tmp / "sartorius")
+    results = {}
+    for model in args.models:
+        if model not in LIVECELL_STEPS:
+            print(f"  {model:<9} has no LIVECell stage: skipped")
+            continue
+        rows = []
+        for k, n in enumerate([max(args.livecell), *sorted(args.livecell)]):
+            row = measure_livecell(model, competition, lc / JSON_NAME, lc / "images", n,
+                                   tmp / f"{model}_{k}", env)
+            print(f"  {model:<9} {'(first run) ' if k == 0 else ''}LIVECell images {n:>5}: peak RSS "
+                  f"{row['peak_rss_mb']:8.1f} MB (plan: {row['estimate_mb']} MB)  ({row['seconds']:.0f} s)",
+                  flush=True)
+            if k:
+                rows.append(row)
+            else:
+                first = row
+        lo, hi = rows[0], rows[-1]
+        slope = (round((hi["peak_rss_mb"] - lo["peak_rss_mb"]) / (hi["n_livecell"] - lo["n_livecell"]), 3)
+                 if hi["n_livecell"] > lo["n_livecell"] else None)
+        results[model] = {"runs": rows, "mb_per_livecell_image": slope, "first_run": first}
+    return results
 
 
 def slopes(rows: list[dict]) -> dict:
@@ -126,6 +218,9 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=["cellpose", "maskrcnn"])
     parser.add_argument("--train", type=int, nargs="+", default=[38, 152], help="training image counts")
     parser.add_argument("--held-out", type=int, nargs="+", default=[8, 40], help="held-out image counts")
+    parser.add_argument("--livecell", type=int, nargs="+", default=None, metavar="N",
+                        help="measure the LIVECell stage instead, at these synthetic LIVECell "
+                             "image counts (e.g. 500 4000)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if not (args.data / "train.csv").is_file():
@@ -133,11 +228,13 @@ def main(argv=None) -> int:
         return 2
     with open(args.data / "train.csv", newline="") as f:
         ids = list(dict.fromkeys(row[0] for row in list(csv.reader(f))[1:]))
-    need = min(args.train) + min(args.held_out)
+    need = 10 if args.livecell else min(args.train) + min(args.held_out)
     if len(ids) < need:
         print(f"error: {args.data} has {len(ids)} images, the runs need {need}", file=sys.stderr)
         return 2
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    if args.livecell:
+        return _main_livecell(args, ids, env)
     pairs = [(min(args.train), min(args.held_out))]  # first run: builds the caches
     pairs += [(t, min(args.held_out)) for t in sorted(args.train)]
     pairs += [(min(args.train), h) for h in sorted(args.held_out)[1:]]
@@ -156,7 +253,7 @@ def main(argv=None) -> int:
                     rows.append(row)
                 print(f"  {model:<9} {'(first run) ' if k == 0 else ''}train {n_train:>4}  "
                       f"held-out {n_held:>3}: peak RSS "
-                      f"{row['peak_rss_mb']:8.1f} MB  ({row['seconds']:.0f} s"
+                      f"{row['peak_rss_mb']:8.1f} MB (plan: {row['estimate_mb']} MB)  ({row['seconds']:.0f} s"
                       + (f", targets built {row['targets_built']}" if row["targets_built"] is not None else "")
                       + ")", flush=True)
             results[model] = {"runs": rows, **slopes(rows)}
@@ -171,6 +268,23 @@ def main(argv=None) -> int:
               f"<= {TARGET_MB_PER_IMAGE} |")
     if args.json:
         args.json.write_text(json.dumps({"results": results, "target_mb_per_image": TARGET_MB_PER_IMAGE},
+                                        indent=1))
+    return 0 if ok else 1
+
+
+def _main_livecell(args, ids: list[str], env: dict) -> int:
+    print(f"load average {os.getloadavg()[0]:.2f}; Sartorius stage on 8 of {args.data}'s images")
+    with tempfile.TemporaryDirectory(prefix="kit-bench-memory-") as tmp:
+        env["KIT_CACHE"] = str(Path(tmp) / "cache")
+        results = livecell_check(args, ids, env, Path(tmp))
+    print("\n| model | MB per LIVECell image | target |\n|---|---:|---:|")
+    ok = True
+    for model, r in results.items():
+        s = r["mb_per_livecell_image"]
+        ok &= s is None or s <= TARGET_MB_PER_IMAGE
+        print(f"| {model} | {s if s is not None else '-'} | <= {TARGET_MB_PER_IMAGE} |")
+    if args.json:
+        args.json.write_text(json.dumps({"livecell": results, "target_mb_per_image": TARGET_MB_PER_IMAGE},
                                         indent=1))
     return 0 if ok else 1
 

@@ -97,7 +97,7 @@ def run(model_dir: Path, images: Path, out: Path, ids_csv: Path | None = None,
     """
     from kit.atomic import check_writable
     from kit.models import load_model, model_type
-    from kit.submission import labels_to_rles, validate_submission, write_submission
+    from kit.submission import submission_writer, validate_submission
 
     check_writable(out, "submission")  # before any work
     model = load_model(model_dir)
@@ -107,12 +107,13 @@ def run(model_dir: Path, images: Path, out: Path, ids_csv: Path | None = None,
         apply_tuned(model, tuned, model_type(model_dir))
     ids = image_ids(images, ids_csv)
     given = read_cell_types(cell_types_csv) if cell_types_csv else None
-    preds, shapes, types = {}, {}, {}
-    for image_id, cell_type, labels in predict_images(model, model_dir, images, ids, given, progress):
-        preds[image_id] = labels_to_rles(labels)  # RLE strings: KBs per image, not a label image
-        shapes[image_id] = labels.shape
-        types[image_id] = cell_type
-    write_submission(preds, out, ids=ids)
+    shapes, types = {}, {}
+    with submission_writer(out, ids) as add:  # each image's rows written as it is predicted
+        for image_id, cell_type, labels in predict_images(model, model_dir, images, ids, given,
+                                                          progress):
+            add(image_id, labels)
+            shapes[image_id] = labels.shape
+            types[image_id] = cell_type
     checked = validate_submission(out, ids, shapes)
     return {"images": len(ids), "masks": sum(len(v) for v in checked.values()), "cell_types": types}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -44,21 +45,48 @@ def write_submission(predictions: Mapping[str, Sequence[str] | np.ndarray], path
     the ids of sample_submission.csv) fixes the row order and adds an empty row for ids with
     no prediction; an id in ``predictions`` but not in ``ids`` is an error. Returns the path.
     """
-    path = Path(path)
     order = list(ids) if ids is not None else list(predictions)
     unknown = sorted(set(predictions) - set(order))
     if unknown:
         raise ValueError(f"predictions for ids not in `ids`: {unknown[:5]} ({len(unknown)} in all)")
+    with submission_writer(path, order) as add:
+        for image_id in order:
+            add(image_id, predictions.get(image_id, []))
+    return Path(path)
+
+
+@contextmanager
+def submission_writer(path, ids: Iterable[str] | None = None):
+    """``with submission_writer(path, ids) as add: add(image_id, prediction) ...`` writes a
+    submission one image at a time, so that a run never holds every image's predictions: each
+    ``add`` writes that image's rows at once (``prediction``: a list of RLE strings or an
+    (H, W) label image; none: one empty row). The file is a temp file renamed to ``path`` when
+    the block ends without an error (nothing is left otherwise); then every id of ``ids`` not
+    added gets its empty row, after the others. An id added twice, or not in ``ids`` (when
+    given), is a ValueError."""
+    expected = None if ids is None else list(ids)
+    allowed = None if expected is None else set(expected)
+    written: set = set()
     with atomic_open(path, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(HEADER)
-        for image_id in order:
-            pred = predictions.get(image_id, [])
-            rles = labels_to_rles(pred) if isinstance(pred, np.ndarray) else list(pred)
-            rles = [r for r in rles if r]
-            for r in rles or [""]:
+
+        def add(image_id: str, prediction) -> None:
+            if allowed is not None and image_id not in allowed:
+                raise ValueError(f"{path}: a prediction for id {image_id!r}, which is not among "
+                                 "the expected ids")
+            if image_id in written:
+                raise ValueError(f"{path}: id {image_id!r} is given predictions twice")
+            written.add(image_id)
+            rles = labels_to_rles(prediction) if isinstance(prediction, np.ndarray) else list(prediction)
+            for r in [r for r in rles if r] or [""]:
                 writer.writerow((image_id, r))
-    return path
+            f.flush()  # the image's rows leave the process now
+
+        yield add
+        for image_id in expected or ():
+            if image_id not in written:
+                writer.writerow((image_id, ""))
 
 
 def read_predictions(path) -> dict[str, list[str]]:

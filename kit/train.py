@@ -143,6 +143,17 @@ def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed
     return train, held_out, {r.id: folds[r.id] for r in records}
 
 
+def memory_plan(fam, config, train, val, held_out, livecell):
+    """The family's :class:`kit.models.memory_plan.MemoryPlan` of this run, with the held-out
+    records (kept to score them) in its data."""
+    import dataclasses
+
+    from kit.models.memory_plan import records_mb
+
+    plan = fam.memory_plan(config, train, val, livecell)
+    return dataclasses.replace(plan, data_mb=plan.data_mb + records_mb(held_out))
+
+
 def fit_cell_type_classifier(train, held_out, out: Path) -> float:
     """Fit on ``train`` images, save into ``out``; return the accuracy on ``held_out``
     (at least one image)."""
@@ -163,15 +174,16 @@ def score_oof(model, held_out, out: Path, progress: bool = True, selection: dict
     from tqdm import tqdm
 
     from kit import cv, metric
-    from kit.submission import labels_to_rles, write_submission
+    from kit.submission import submission_writer
 
-    preds, scores = {}, []  # predictions kept as RLE strings: KBs per image, not a label image
-    for rec in tqdm(held_out, desc="OOF predict", unit="img", disable=not progress, file=sys.stderr):
-        labels = model.predict(rec.load_image(), rec.cell_type)
-        preds[rec.id] = labels_to_rles(labels)
-        scores.append(metric.image_score(list(rec.rles), labels, rec.shape,
-                                         id=rec.id, cell_type=rec.cell_type))
-    write_submission(preds, out / "oof.csv", ids=[r.id for r in held_out])
+    scores = []  # per image: 10 match counts; its rows go to oof.csv as soon as it is predicted
+    with submission_writer(out / "oof.csv", [r.id for r in held_out]) as add:
+        for rec in tqdm(held_out, desc="OOF predict", unit="img", disable=not progress,
+                        file=sys.stderr):
+            labels = model.predict(rec.load_image(), rec.cell_type)
+            add(rec.id, labels)
+            scores.append(metric.image_score(list(rec.rles), labels, rec.shape,
+                                             id=rec.id, cell_type=rec.cell_type))
     summary = metric.summarize(scores)
     doc = cv.result_json(summary, scores, [])
     if selection is not None:
@@ -238,6 +250,7 @@ def _main(argv=None) -> int:
         raise ValueError(f"--tune needs validation images: --val-fraction {args.val_fraction} of "
                          f"{len(train)} training images sets none aside")
     options = fit_options(args)
+    plan = memory_plan(fam, config, fit_train, val, held_out, options.livecell)
     out = args.out
     if args.fresh and earlier_run(out):
         import shutil
@@ -256,8 +269,10 @@ def _main(argv=None) -> int:
                  "validation_images": len(val), "validation_ids": "val.csv",
                  "validation_chooses": _validation_role(fam.wants_validation(config), bool(val),
                                                         args.tune)}
+    print(plan.summary(), file=sys.stderr)
     try:
         log("split", n_train=len(fit_train), n_val=len(val), n_held_out=len(held_out))
+        log("memory_plan", **plan.to_dict(), **plan.cache_state())
         acc = fit_cell_type_classifier(train, held_out, out)
         log("celltype", held_out_accuracy=acc)
         model = fam.fit(fit_train, val, out, options, log)
@@ -270,6 +285,9 @@ def _main(argv=None) -> int:
                 by_cell_type={ct: {"before": r.before, "after": r.after, "best": r.best}
                               for ct, r in result.types.items()})
             model = load_model(out)   # the folder's settings with tuned.yaml applied
+        from kit.heap import release_free_memory
+
+        release_free_memory()  # training's freed heap, before the out-of-fold predictions
         summary = score_oof(model, held_out, out, progress=not args.quiet, selection=selection)
     except (ValueError, OSError) as e:  # an input found bad while running
         log("error", message=one_line(e))

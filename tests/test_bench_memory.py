@@ -24,3 +24,36 @@ def test_slopes_are_mb_per_extra_image():
             {"n_train": 120, "n_held_out": 4, "peak_rss_mb": 1045.0},
             {"n_train": 30, "n_held_out": 20, "peak_rss_mb": 1160.0}]
     assert slopes(rows) == {"mb_per_train_image": 0.5, "mb_per_held_out_image": 10.0}
+
+
+def test_livecell_subset_and_config_are_what_kit_train_reads(tmp_path):
+    """The --livecell check's inputs: a json of the first n synthetic LIVECell images with only
+    their annotations, and the CPU config with a LIVECell stage of a few steps."""
+    from benchmarks.memory import LIVECELL_STEPS, livecell_config, livecell_subset
+    from kit.data import read_coco
+    from kit.models.registry import family
+    from kit.synth_livecell import JSON_NAME, make_livecell
+
+    lc = make_livecell(tmp_path / "lc", 6, shape=(48, 64))
+    sub = livecell_subset(lc / JSON_NAME, 4, tmp_path / "four.json")
+    records = read_coco(sub, lc / "images", source="livecell")
+    assert [r.id for r in records] == [r.id for r in read_coco(lc / JSON_NAME, lc / "images")][:4]
+    for model in ("cellpose", "maskrcnn"):
+        cfg = family(model).load_config(livecell_config(model, tmp_path / f"{model}.yaml"))
+        assert cfg.train.livecell_epochs == 1 == LIVECELL_STEPS[model]["train"]["livecell_epochs"]
+
+
+def test_step_time_reads_both_trees_step_logs(tmp_path):
+    from benchmarks.step_time import step_seconds, unpack
+
+    (tmp_path / "cp").mkdir()
+    (tmp_path / "cp" / "epochs.csv").write_text(
+        "epoch,stage,stage_epoch,lr,train_loss,val_loss,seconds,n_crops\n"
+        "1,train,1,0.1,1.0,,20.0,32\n2,train,2,0.1,1.0,,12.0,30\n")
+    assert step_seconds("cellpose", tmp_path / "cp") == [3.0]   # epoch 1 left out; 30 crops = 4 batches
+    (tmp_path / "mr").mkdir()
+    (tmp_path / "mr" / "train_iter.csv").write_text(
+        "stage,iteration,seconds\n" + "".join(f"sartorius,{k},{k}.5\n" for k in range(1, 7)))
+    assert step_seconds("maskrcnn", tmp_path / "mr") == [4.5, 5.5, 6.5]
+    tree = unpack("HEAD", tmp_path / "head")
+    assert (tree / "kit" / "train.py").is_file() and (tree / "kit" / "configs" / "cellpose_cpu.yaml").is_file()

@@ -384,6 +384,20 @@ def test_predict_raw_postprocess_and_cellpose_agree(trained, records):
         model.postprocess_raw(raw, {"flow_thresh": 0.1})
 
 
+def test_size_model_styles_are_the_networks_own(trained):
+    """The SizeModel's style vectors come from the downsample path alone: the very values of the
+    full forward pass's second output."""
+    model, _, _ = trained
+    net = model.cp.net
+    net.eval()
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((3, 2, 64, 96), np.float32))
+    with torch.no_grad():
+        full = net(x)[1]
+        alone = kcp_train.styles_of(net, x)
+    assert alone.shape == (3, 256)
+    torch.testing.assert_close(alone, full, rtol=0, atol=0)
+
+
 def test_size_model_is_trained_and_used(trained, records):
     model, out, _ = trained
     img = records[1].load_image()

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from kit import rle
-from kit.submission import SubmissionError, read_predictions, validate_submission, write_submission
+from kit.submission import (SubmissionError, read_predictions, submission_writer, validate_submission,
+                            write_submission)
 from tests.conftest import run_module
 
 SHAPE = (6, 8)
@@ -29,6 +30,28 @@ def test_write_refuses_unknown_id_and_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match="not in `ids`"):
         write_submission({"zzz": []}, tmp_path / "sub.csv", ids=["a"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_streamed_rows_are_on_disk_before_the_end_and_renamed_only_at_the_end(tmp_path):
+    labels = np.zeros(SHAPE, np.int32)
+    labels[1, 2:4] = 3
+    out = tmp_path / "oof.csv"
+    with submission_writer(out, ["a", "b", "c"]) as add:
+        add("c", labels)
+        add("a", [])
+        with pytest.raises(ValueError, match="'c' is given predictions twice"):
+            add("c", ["1 2"])
+        with pytest.raises(ValueError, match="'zzz', which is not among the expected ids"):
+            add("zzz", [])
+        (temp_file,) = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        assert temp_file.read_text().startswith("id,predicted\nc,11 2\na,\n")  # already written
+    assert out.read_text() == "id,predicted\nc,11 2\na,\nb,\n"  # b: never added, empty row last
+    assert not temp_file.exists() and [p.name for p in tmp_path.iterdir()] == ["oof.csv"]
+    with pytest.raises(RuntimeError):
+        with submission_writer(tmp_path / "half.csv", ["a"]) as add:
+            add("a", labels)
+            raise RuntimeError("the model failed half way")
+    assert [p.name for p in tmp_path.iterdir()] == ["oof.csv"]  # nothing half-written
 
 
 def test_failed_write_keeps_old_file(tmp_path):

@@ -14,7 +14,7 @@ def test_train_writes_model_folder_and_oof(baseline_run, synth_dir):
                  "params.json", "train.log"):
         assert (out / name).is_file(), name
     events = [json.loads(line)["event"] for line in (out / "train.log").read_text().splitlines()]
-    assert events == ["split", "celltype", "oof"]
+    assert events == ["split", "memory_plan", "celltype", "oof"]
     assert "MAP" in done.stdout and "held-out accuracy" in done.stdout
     # the OOF file re-scored by kit.cv gives the number the trainer recorded
     cv_json = out / "cv.json"
@@ -150,7 +150,7 @@ def test_tune_chooses_post_processing_on_the_validation_split_only(synth_dir, tm
     assert done.returncode == 0, done.stderr
     assert "post-processing tuned on the" in done.stdout and (out / "tuned.md").is_file()
     events = [json.loads(line) for line in (out / "train.log").read_text().splitlines()]
-    assert [e["event"] for e in events] == ["split", "celltype", "tuned", "oof"]
+    assert [e["event"] for e in events] == ["split", "memory_plan", "celltype", "tuned", "oof"]
     # the validation split (and only it) was cached and searched; the held-out fold stays out
     val = (out / "val.csv").read_text().split()[1:]
     folds = dict(line.split(",") for line in (out / "folds.csv").read_text().split()[1:])

@@ -111,6 +111,15 @@ class ModelFamily(ABC):
         A family that is not trained (``trainable = False``) raises a ValueError saying how
         its models are made."""
 
+    def memory_plan(self, config, train: Sequence, val: Sequence, livecell: Sequence = ()):
+        """The :class:`kit.models.memory_plan.MemoryPlan` of a :meth:`fit` with this config
+        (:meth:`load_config`'s result) on these records, estimated before it runs. The default:
+        a family without a network, holding its records."""
+        from kit.models.memory_plan import LIBS_MB, MemoryPlan, records_mb
+
+        return MemoryPlan(self.name, "cpu", records_mb([*train, *val, *livecell]),
+                          LIBS_MB.get(self.name, LIBS_MB["baseline"]), basis="no network")
+
     # -- serving ----------------------------------------------------------------------------
 
     @abstractmethod

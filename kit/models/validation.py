@@ -14,11 +14,14 @@ __all__ = ["evaluate", "CsvLog"]
 
 def evaluate(model, records: Sequence) -> dict:
     """MAP of ``model`` (``predict(image, cell_type) -> labels``) on ``records`` with their
-    true cell types (``cell_type: vote`` models ignore them), by :mod:`kit.metric`: an image
+    true cell types (``cell_type: vote`` models ignore them), by :mod:`kit.metric` (the C
+    heap trimmed first, :mod:`kit.heap`): an image
     without predictions scores 0, never NaN. Returns ``{"map", "by_cell_type", "n_images",
     "n_pred"}`` (``map`` 0.0 for no records)."""
     from kit import metric
+    from kit.heap import release_free_memory
 
+    release_free_memory()  # the training steps' freed heap, before validation's own peak
     scores, n_pred = [], 0
     for rec in records:
         labels = model.predict(rec.load_image(), rec.cell_type)

@@ -39,6 +39,11 @@ class CellposeFamily(ModelFamily):
 
         return fit(train, val, out, options, log)
 
+    def memory_plan(self, config, train, val, livecell=()):
+        from kit.models.cellpose.memory import memory_plan
+
+        return memory_plan(config, train, val, livecell)
+
     def load(self, folder: Path) -> CellposeSegmenter:
         return CellposeSegmenter.load(folder)
 

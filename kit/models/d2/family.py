@@ -26,6 +26,11 @@ class Detectron2Family(MaskRCNNFamily):
 
         return fit(train, val, out, options, log)
 
+    def memory_plan(self, config, train, val, livecell=()):
+        from kit.models.d2.memory import memory_plan
+
+        return memory_plan(config, train, val, livecell)
+
     def load(self, folder: Path):
         from kit.models.d2.model import Detectron2Model
 

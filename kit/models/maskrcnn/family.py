@@ -39,6 +39,11 @@ class MaskRCNNFamily(ModelFamily):
 
         return fit(train, val, out, options, log)
 
+    def memory_plan(self, config, train, val, livecell=()):
+        from kit.models.maskrcnn.memory import memory_plan
+
+        return memory_plan(config, train, val, livecell)
+
     def load(self, folder: Path) -> MaskRCNNModel:
         return MaskRCNNModel.load(folder)
 

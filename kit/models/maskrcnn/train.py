@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from kit.atomic import atomic_torch_save
+from kit.heap import release_free_memory
 from kit.models import torch_device
 from kit.models.family import FitOptions
 from kit.models.maskrcnn.config import MaskRCNNConfig, load_config
@@ -194,6 +195,7 @@ class _Trainer:
                 if clock.spent():  # the learning rate has decayed to 0: end the epoch here
                     break
             done = epoch + 1
+            release_free_memory()  # the epoch's freed heap (kit.heap)
             self.log("epoch", stage=stage, epoch=done, iteration=iteration,
                      seconds=round(time.time() - t_epoch, 1))
             out_of_time = deadline is not None and time.time() >= deadline and done < epochs

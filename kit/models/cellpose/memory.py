@@ -1,0 +1,37 @@
+"""The memory plan of a Cellpose training run (:mod:`kit.models.memory_plan`): its records, the
+CPnet working set of its largest pass, and its target cache (exact: per image the float16
+input, the 3 float16 flow channels and the int32 labels of :mod:`kit.models.cellpose.data`)."""
+from __future__ import annotations
+
+from kit.models.memory_plan import LIBS_MB, MB, MemoryPlan, params_mb, records_mb
+
+# Peak RSS of one CPnet pass (nbase 32-256, 2 input channels) on CPU, fitted on batches of
+# 131k-803k px (training: forward + backward; 256 MB + 5,080 B/px) and 524k-2,097k px (eval:
+# forward only under no_grad; 53 MB + 1,389 B/px).
+TRAIN_FIXED_MB, TRAIN_BYTES_PER_PX = 256, 5100
+EVAL_FIXED_MB, EVAL_BYTES_PER_PX = 50, 1400
+CPNET_PARAMS = 6_600_845        # cellpose 3's CPnet with nbase [2, 32, 64, 128, 256]
+INFERENCE_TILE = 224             # cellpose's eval tile (bsize)
+CACHE_BYTES_PER_PX = 2 + 3 * 2 + 4
+CACHE_BYTES_PER_IMAGE = 3 * 128 + 200  # .npy headers and the .json marker
+
+
+def memory_plan(config, train, val, livecell=()) -> MemoryPlan:
+    """The plan of :func:`kit.models.cellpose.train.fit` with ``config`` on these records."""
+    from kit.models import torch_device
+    from kit.models.cellpose.data import targets_cache_dir
+
+    t, s = config.train, config.size_model
+    passes = {"training": (t.batch_size * t.bsize ** 2, TRAIN_FIXED_MB, TRAIN_BYTES_PER_PX),
+              "SizeModel": (s.batch_size * s.bsize ** 2 if s.enabled else 0, EVAL_FIXED_MB,
+                            EVAL_BYTES_PER_PX),
+              "inference": (config.inference.batch_size * INFERENCE_TILE ** 2, EVAL_FIXED_MB,
+                            EVAL_BYTES_PER_PX)}
+    activations = {k: fixed + px * per_px / MB for k, (px, fixed, per_px) in passes.items()}
+    name = max(activations, key=activations.get)
+    cached = [*train, *(val if t.eval_every else ()), *(livecell if t.livecell_epochs else ())]
+    cache = sum(r.shape[0] * r.shape[1] * CACHE_BYTES_PER_PX + CACHE_BYTES_PER_IMAGE for r in cached)
+    return MemoryPlan(
+        "cellpose", torch_device("auto").type, records_mb([*train, *val, *livecell]),
+        LIBS_MB["cellpose"], params_mb(CPNET_PARAMS, t.optimizer), activations[name],
+        f"{name}: {passes[name][0] // 1000}k px per batch", cache / MB, str(targets_cache_dir()), len(cached))
