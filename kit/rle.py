@@ -266,6 +266,41 @@ def mask_to_coco(mask: np.ndarray) -> dict:
     return rle
 
 
+def kaggle_to_coco(rles: Sequence[str], shape) -> list[tuple[dict, tuple[int, int, int, int]] | None]:
+    """Per Kaggle RLE string of one image: ``(compressed COCO RLE (as :func:`mask_to_coco`
+    gives it), box (x0, y0, x1, y1) exclusive)``, or None for an empty mask.
+
+    Without decoding a mask at full size: the runs' pixels are re-ordered column-major and
+    their runs handed to pycocotools as uncompressed counts, so the work is proportional to
+    the foreground pixels, not to N * H * W. Raises :class:`RLEError` like :func:`parse_runs`.
+    """
+    from pycocotools import mask as coco_mask
+
+    h, w = _shape2d(shape)
+    ptr, starts, lengths = parse_runs(list(rles), (h, w))
+    out = []
+    for k in range(len(ptr) - 1):
+        s, n = starts[ptr[k]:ptr[k + 1]], lengths[ptr[k]:ptr[k + 1]]
+        if not n.sum():
+            out.append(None)
+            continue
+        px = np.repeat(s - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))  # every run's pixels
+        rows, cols = px // w, px % w
+        col_major = np.unique(cols * h + rows)  # a pixel in two runs counts once
+        breaks = np.flatnonzero(np.diff(col_major) != 1) + 1
+        run_starts = col_major[np.r_[0, breaks]]
+        run_ends = col_major[np.r_[breaks - 1, col_major.size - 1]] + 1
+        gaps = run_starts - np.r_[0, run_ends[:-1]]
+        counts = np.empty(2 * run_starts.size + 1, np.int64)
+        counts[0:-1:2], counts[1::2], counts[-1] = gaps, run_ends - run_starts, h * w - run_ends[-1]
+        if counts[-1] == 0:  # the mask holds the last pixel: no trailing background (pycocotools)
+            counts = counts[:-1]
+        coco = coco_mask.frPyObjects({"counts": counts.tolist(), "size": [h, w]}, h, w)
+        coco["counts"] = coco["counts"].decode("ascii")
+        out.append((coco, (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)))
+    return out
+
+
 def coco_counts_to_kaggle(rles: Sequence[dict], shape: tuple[int, int]) -> list[str]:
     """Kaggle RLE strings of compressed COCO RLEs (all of one image), without full-image decodes.
 

@@ -205,6 +205,11 @@ def test_targets_are_cached_on_disk_and_read_per_batch(records, tmp_path):
     xs, ys = again.batch([1, 0])
     assert xs[0].shape == (2, 128, 160) and xs[0].dtype == np.float32 and ys[0].shape == (3, 128, 160)
     np.testing.assert_array_equal(ys[1], first.flows(0).astype(np.float32))
+    # read ahead by a background thread: the same batches, in order
+    ahead = list(again.batches([[1, 0], [0], [1]]))
+    assert [list(inds) for inds, _ in ahead] == [[1, 0], [0], [1]]
+    np.testing.assert_array_equal(ahead[0][1][1][1], ys[1])
+    np.testing.assert_array_equal(ahead[2][1][0][0], xs[0])
     labels = again.labels(0)
     assert labels.dtype == np.int32 and labels.max() == len(np.unique(labels)) - 1
     # fewer masks: another key, another file set; the first image's set is untouched

@@ -134,6 +134,26 @@ def test_bad_arguments():
         rle.decode_labels([5], (3, 4))
 
 
+def test_kaggle_to_coco_is_mask_to_coco_without_the_full_size_decode():
+    rng = np.random.default_rng(7)
+    shape = (23, 31)
+    masks = [rng.random(shape) < 0.3 for _ in range(20)]
+    masks[0][:] = False
+    masks[0][0, 0] = True                     # the first pixel alone
+    masks[1][:] = False
+    masks[1][-1, -3:] = True                  # ends on the last pixel: no trailing background
+    masks[2][:] = False                       # empty
+    masks[3][:] = True                        # everything
+    got = rle.kaggle_to_coco([rle.encode(m) for m in masks], shape)
+    assert got[2] is None
+    for m, g in zip(masks, got):
+        if m.any():
+            ys, xs = np.nonzero(m)
+            assert g == (rle.mask_to_coco(m), (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+    with pytest.raises(rle.RLEError):
+        rle.kaggle_to_coco(["5 3 1 2"], shape)   # starts must ascend
+
+
 def test_coco_round_trip_is_column_major():
     m = np.zeros((5, 7), bool)
     m[1:3, 2:6] = True

@@ -111,10 +111,12 @@ def _make_optimizer(net, cfg: TrainConfig):
     return torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _crops(data: _ImageSet, inds, diam_mean: float, cfg: TrainConfig):
+def _crops(data: _ImageSet, inds, diam_mean: float, cfg: TrainConfig, batch=None):
+    """Random training crops of images ``inds`` (``batch``: their ``data.batch(inds)``, when
+    already read)."""
     from cellpose import transforms
 
-    xs, ys = data.batch(inds)
+    xs, ys = data.batch(inds) if batch is None else batch
     rescale = np.array([data.diam[i] for i in inds]) / diam_mean
     imgi, lbl = transforms.random_rotate_and_resize(xs, Y=ys, rescale=rescale,
                                                     scale_range=cfg.scale_range,
@@ -134,9 +136,9 @@ def _train_epoch(net, opt, data: _ImageSet, lr: float, diam_mean: float, cfg: Tr
         group["lr"] = lr
     net.train()
     total, count = 0.0, 0
-    for k in range(0, len(order), cfg.batch_size):
-        inds = order[k:k + cfg.batch_size]
-        imgi, lbl = _crops(data, inds, diam_mean, cfg)
+    for inds, batch in data.batches(order[k:k + cfg.batch_size]
+                                    for k in range(0, len(order), cfg.batch_size)):
+        imgi, lbl = _crops(data, inds, diam_mean, cfg, batch)
         y = net(torch.from_numpy(imgi).to(net.device))[0]
         loss = seg_loss(lbl, y)
         opt.zero_grad()
@@ -513,9 +515,8 @@ def _size_model_samples(net, data: _ImageSet, scfg: SizeModelConfig, diam_mean: 
     styles, targets = [], []
     for _ in range(scfg.epochs):
         order = rng.permutation(len(data))
-        for k in range(0, len(order), scfg.batch_size):
-            inds = order[k:k + scfg.batch_size]
-            xs, _ = data.batch(inds)
+        for inds, (xs, _) in data.batches(order[k:k + scfg.batch_size]
+                                          for k in range(0, len(order), scfg.batch_size)):
             np.random.seed(int(rng.integers(2**31)))  # transforms draw from numpy's global stream
             imgi, _, scale = transforms.random_rotate_and_resize(xs, scale_range=1.0,
                                                                  xy=(scfg.bsize, scfg.bsize))
