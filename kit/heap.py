@@ -5,9 +5,11 @@ mmap threshold after every large free (up to 32 MB), so large tensors and arrays
 heap and leave holes there. After an epoch of training the resident set holds hundreds of MB
 that nothing uses (a Cellpose CPU run: 2.0 GB after its first epoch, 1.1 GB once trimmed), and
 the next phase (validation, the SizeModel, out-of-fold prediction) piles its own peak on top.
-:func:`release_free_memory` between epochs and phases (``malloc_trim(0)``) returns those pages.
-Not after every step: there the pages are faulted in again at once, and a CPnet step on CPU
-took 20 % longer with it (a fixed 1 MB mmap threshold: 47 % longer).
+:func:`release_free_memory` between epochs and phases (``malloc_trim(0)``) returns those pages;
+so does a call after each predicted image of a validation or out-of-fold loop, whose images
+leave holes of other sizes each (Mask R-CNN: the heap grew ~15 MB per validation image).
+Not after every training step: there the pages are faulted in again at once, and a CPnet step
+on CPU took 20 % longer with it (a fixed 1 MB mmap threshold: 47 % longer).
 """
 from __future__ import annotations
 

@@ -81,12 +81,15 @@ def predict_images(model, model_dir: Path, images: Path, ids: Iterable[str],
     from tqdm import tqdm
 
     from kit.data import load_image
+    from kit.heap import release_free_memory
 
     resolve = cell_type_resolver(model_dir, cell_types)
     for image_id in tqdm(list(ids), desc="predict", unit="img", disable=not progress, file=sys.stderr):
         image = load_image(images / f"{image_id}.png")
         cell_type = resolve(image_id, image)
-        yield image_id, cell_type, model.predict(image, cell_type)
+        labels = model.predict(image, cell_type)
+        release_free_memory()  # the image's holes in the C heap go back (kit.heap)
+        yield image_id, cell_type, labels
 
 
 def run(model_dir: Path, images: Path, out: Path, ids_csv: Path | None = None,

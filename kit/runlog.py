@@ -11,15 +11,20 @@ __all__ = ["RunLog", "memory_mb"]
 
 def memory_mb() -> dict:
     """``{"rss_mb": resident set now, "peak_rss_mb": its high-water mark}`` of this process in
-    MB (1 MB = 2**20 bytes), rounded to 0.1; a key is missing where the OS does not say (the
-    current RSS is read from ``/proc/self/statm``, the peak from ``getrusage``)."""
+    MB (1 MB = 2**20 bytes), rounded to 0.1; a key is missing where the OS does not say.
+
+    Linux: ``VmRSS`` / ``VmHWM`` of ``/proc/self/status``, the process's own memory since its
+    ``exec``. Not ``getrusage``'s ``ru_maxrss``: for a process started by a large one (pytest,
+    a notebook), it holds the parent's peak (vfork shares the parent's memory until exec).
+    Elsewhere the peak is ``ru_maxrss``."""
     out = {}
     try:
-        import os
-
-        with open("/proc/self/statm") as f:
-            out["rss_mb"] = round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
-    except (OSError, ValueError, IndexError):
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        out["rss_mb"] = round(int(fields["VmRSS"].split()[0]) / 1024, 1)
+        out["peak_rss_mb"] = round(int(fields["VmHWM"].split()[0]) / 1024, 1)
+        return out
+    except (OSError, KeyError, ValueError, IndexError):
         pass
     try:
         import resource

@@ -174,13 +174,16 @@ def score_oof(model, held_out, out: Path, progress: bool = True, selection: dict
     from tqdm import tqdm
 
     from kit import cv, metric
+    from kit.heap import release_free_memory
     from kit.submission import submission_writer
 
+    release_free_memory()  # training's freed heap, before the first prediction
     scores = []  # per image: 10 match counts; its rows go to oof.csv as soon as it is predicted
     with submission_writer(out / "oof.csv", [r.id for r in held_out]) as add:
         for rec in tqdm(held_out, desc="OOF predict", unit="img", disable=not progress,
                         file=sys.stderr):
             labels = model.predict(rec.load_image(), rec.cell_type)
+            release_free_memory()  # each image's holes in the heap go back (kit.heap)
             add(rec.id, labels)
             scores.append(metric.image_score(list(rec.rles), labels, rec.shape,
                                              id=rec.id, cell_type=rec.cell_type))
@@ -285,9 +288,6 @@ def _main(argv=None) -> int:
                 by_cell_type={ct: {"before": r.before, "after": r.after, "best": r.best}
                               for ct, r in result.types.items()})
             model = load_model(out)   # the folder's settings with tuned.yaml applied
-        from kit.heap import release_free_memory
-
-        release_free_memory()  # training's freed heap, before the out-of-fold predictions
         summary = score_oof(model, held_out, out, progress=not args.quiet, selection=selection)
     except (ValueError, OSError) as e:  # an input found bad while running
         log("error", message=one_line(e))

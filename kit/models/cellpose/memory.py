@@ -6,10 +6,14 @@ from __future__ import annotations
 from kit.models.memory_plan import LIBS_MB, MB, MemoryPlan, params_mb, records_mb
 
 # Peak RSS of one CPnet pass (nbase 32-256, 2 input channels) on CPU, fitted on batches of
-# 131k-803k px (training: forward + backward; 256 MB + 5,080 B/px) and 524k-2,097k px (eval:
-# forward only under no_grad; 53 MB + 1,389 B/px).
-TRAIN_FIXED_MB, TRAIN_BYTES_PER_PX = 256, 5100
+# 131k-803k px (training: forward + backward, 256 MB + 5,080 B/px), 524k-2,097k px (inference:
+# the whole forward under no_grad, 53 MB + 1,389 B/px; the SizeModel's styles: the downsample
+# path alone, 653-669 B/px). A whole run's training phase holds 1.55x a single step's
+# activations (the heap its steps leave behind; 2,260 MB measured against 1,745 MB for one
+# step with 38 real images, benchmarks.memory).
+TRAIN_FIXED_MB, TRAIN_BYTES_PER_PX, STEP_SLACK = 256, 5100, 1.55
 EVAL_FIXED_MB, EVAL_BYTES_PER_PX = 50, 1400
+STYLE_BYTES_PER_PX = 660
 CPNET_PARAMS = 6_600_845        # cellpose 3's CPnet with nbase [2, 32, 64, 128, 256]
 INFERENCE_TILE = 224             # cellpose's eval tile (bsize)
 CACHE_BYTES_PER_PX = 2 + 3 * 2 + 4
@@ -22,12 +26,13 @@ def memory_plan(config, train, val, livecell=()) -> MemoryPlan:
     from kit.models.cellpose.data import targets_cache_dir
 
     t, s = config.train, config.size_model
-    passes = {"training": (t.batch_size * t.bsize ** 2, TRAIN_FIXED_MB, TRAIN_BYTES_PER_PX),
+    passes = {"training": (t.batch_size * t.bsize ** 2, TRAIN_FIXED_MB, TRAIN_BYTES_PER_PX, STEP_SLACK),
               "SizeModel": (s.batch_size * s.bsize ** 2 if s.enabled else 0, EVAL_FIXED_MB,
-                            EVAL_BYTES_PER_PX),
+                            STYLE_BYTES_PER_PX, 1.0),
               "inference": (config.inference.batch_size * INFERENCE_TILE ** 2, EVAL_FIXED_MB,
-                            EVAL_BYTES_PER_PX)}
-    activations = {k: fixed + px * per_px / MB for k, (px, fixed, per_px) in passes.items()}
+                            EVAL_BYTES_PER_PX, 1.0)}
+    activations = {k: (fixed + px * per_px / MB) * slack
+                   for k, (px, fixed, per_px, slack) in passes.items()}
     name = max(activations, key=activations.get)
     cached = [*train, *(val if t.eval_every else ()), *(livecell if t.livecell_epochs else ())]
     cache = sum(r.shape[0] * r.shape[1] * CACHE_BYTES_PER_PX + CACHE_BYTES_PER_IMAGE for r in cached)

@@ -3,7 +3,8 @@ set of its largest pass at the sizes of its detectron2 config, with the Mask R-C
 :mod:`kit.models.maskrcnn.memory` (the same network; see ``kit.models.d2.port``)."""
 from __future__ import annotations
 
-from kit.models.maskrcnn.memory import EVAL_BYTES_PER_PX, TRAIN_BYTES_PER_PX, _scaled_px
+from kit.models.d2.model import MASK_CHUNK
+from kit.models.maskrcnn.memory import EVAL_BYTES_PER_PX, MASK_BOX_MB, TRAIN_BYTES_PER_PX, _scaled_px
 from kit.models.memory_plan import LIBS_MB, MB, MemoryPlan, params_mb, records_mb
 
 
@@ -25,7 +26,8 @@ def memory_plan(config, train, val, livecell=()) -> MemoryPlan:
         per_image = _scaled_px(largest, short, cfg.INPUT.MAX_SIZE_TRAIN)
     train_px = int(cfg.SOLVER.IMS_PER_BATCH * per_image)
     eval_px = _scaled_px(largest, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    passes = {"training": train_px * TRAIN_BYTES_PER_PX, "validation": eval_px * EVAL_BYTES_PER_PX}
+    passes = {"training": train_px * TRAIN_BYTES_PER_PX,
+              "validation": eval_px * EVAL_BYTES_PER_PX + MASK_CHUNK * MASK_BOX_MB * MB}
     name = max(passes, key=passes.get)
     from detectron2.modeling import build_model
 

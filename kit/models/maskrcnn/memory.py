@@ -7,10 +7,11 @@ from kit.models.memory_plan import LIBS_MB, MB, MemoryPlan, params_mb, records_m
 
 # Activation bytes per input pixel, fitted on the phases of whole CPU runs (train.log's
 # peak_rss_mb; R18-FPN, 256-px crops, batch 2: +542 MB over 131k px): training = forward +
-# backward of the FPN network and its heads; eval = one image's forward with up to
-# box_detections_per_img detections and their masks (+763 MB over 366k px).
+# backward of the FPN network and its heads. Eval = one image's backbone, RPN and box head
+# (+323 MB over 366k px) and the mask head on ``mask_chunk`` boxes at a time (~2.5 MB a box).
 TRAIN_BYTES_PER_PX = 4300
-EVAL_BYTES_PER_PX = 2200
+EVAL_BYTES_PER_PX = 950
+MASK_BOX_MB = 2.5
 
 
 def _scaled_px(shape, min_size: int, max_size: int) -> int:
@@ -30,7 +31,8 @@ def memory_plan(config, train, val, livecell=()) -> MemoryPlan:
     train_px = t.batch_size * (t.crop ** 2 if t.crop else _scaled_px(largest, max(m.train_min_sizes),
                                                                         m.train_max_size))
     eval_px = _scaled_px(largest, m.test_min_size, m.test_max_size)
-    passes = {"training": train_px * TRAIN_BYTES_PER_PX, "validation": eval_px * EVAL_BYTES_PER_PX}
+    passes = {"training": train_px * TRAIN_BYTES_PER_PX,
+              "validation": eval_px * EVAL_BYTES_PER_PX + m.mask_chunk * MASK_BOX_MB * MB}
     name = max(passes, key=passes.get)
     n_params = sum(p.numel() for p in build_network(m).parameters())
     return MemoryPlan(
