@@ -76,6 +76,18 @@ def subset_dir(data: Path, train_ids: list[str], held_out_ids: list[str], out: P
     return out
 
 
+def competition_ids(data: Path, need: int) -> list[str]:
+    """The image ids of ``data``'s train.csv, in file order; a ValueError saying what is wrong
+    when there is no train.csv or fewer than ``need`` images."""
+    if not (data / "train.csv").is_file():
+        raise ValueError(f"--data {data}: no train.csv (give a competition directory)")
+    with open(data / "train.csv", newline="") as f:
+        ids = list(dict.fromkeys(row[0] for row in list(csv.reader(f))[1:]))
+    if len(ids) < need:
+        raise ValueError(f"{data} has {len(ids)} images, the runs need {need}")
+    return ids
+
+
 def with_copies(base: list[str], n: int) -> list[str]:
     """``n`` ids: ``base`` repeated, the repeats named ``id~k``."""
     return [base[k % len(base)] + (f"~{k // len(base)}" if k >= len(base) else "") for k in range(n)]
@@ -223,14 +235,10 @@ def main(argv=None) -> int:
                              "image counts (e.g. 500 4000)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    if not (args.data / "train.csv").is_file():
-        print(f"error: --data {args.data}: no train.csv (give a competition directory)", file=sys.stderr)
-        return 2
-    with open(args.data / "train.csv", newline="") as f:
-        ids = list(dict.fromkeys(row[0] for row in list(csv.reader(f))[1:]))
-    need = 10 if args.livecell else min(args.train) + min(args.held_out)
-    if len(ids) < need:
-        print(f"error: {args.data} has {len(ids)} images, the runs need {need}", file=sys.stderr)
+    try:
+        ids = competition_ids(args.data, 10 if args.livecell else min(args.train) + min(args.held_out))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     if args.livecell:

@@ -34,7 +34,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from benchmarks.memory import CPU_CONFIGS, DEFAULT_DATA, REPO, peak_rss_mb, subset_dir
+from benchmarks.memory import CPU_CONFIGS, DEFAULT_DATA, REPO, competition_ids, peak_rss_mb, subset_dir
 
 DEFAULT_REF = "8bfaed1"
 EPOCHS = {"cellpose": 4, "maskrcnn": 1}
@@ -94,13 +94,10 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=32, help="training images")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    if not (args.data / "train.csv").is_file():
-        print(f"error: --data {args.data}: no train.csv (give a competition directory)", file=sys.stderr)
-        return 2
-    with open(args.data / "train.csv", newline="") as f:
-        ids = list(dict.fromkeys(row[0] for row in list(csv.reader(f))[1:]))
-    if len(ids) < args.images + 4:
-        print(f"error: {args.data} has {len(ids)} images, the runs need {args.images + 4}", file=sys.stderr)
+    try:
+        ids = competition_ids(args.data, args.images + 4)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"load average {os.getloadavg()[0]:.2f}; {args.images} training images of {args.data}; "
           f"ref {args.ref}")

@@ -159,3 +159,30 @@ def write_atomic(path, data: bytes) -> Path:
     with atomic_open(path, "wb") as f:
         f.write(data)
     return path
+
+
+@contextmanager
+def atomic_folder(path):
+    """``with atomic_folder(out) as tmp: <fill tmp>`` builds a folder in a hidden temp folder
+    beside ``out`` (``.<name>.tmp-<random>``) and, when the block ends without an error, puts
+    it in place of ``out`` (mode 0755; an existing ``out`` is moved aside first and removed
+    after, so ``out`` is never half-written); on any error the temp folder is removed and
+    ``out`` is left as it was."""
+    import shutil
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        if out.is_dir():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "d")
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

@@ -30,10 +30,7 @@ import argparse
 import csv
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +40,7 @@ from scipy import ndimage
 
 from kit import CELL_TYPES, IMAGE_SHAPE
 from kit import rle
+from kit.atomic import atomic_folder
 
 __all__ = ["CellTypeSpec", "SPECS", "SynthImage", "make_image", "make_dataset", "main"]
 
@@ -554,21 +552,8 @@ def make_dataset(out_dir, n_train: int, n_test: int, seed: int, shape=IMAGE_SHAP
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"output directory {str(out)!r} is not empty "
                               "(pass overwrite=True / --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         _build(tmp, int(n_train), int(n_test), int(seed), (h, w), progress)
-        os.chmod(tmp, 0o755)
-        if out.is_dir():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "d")
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 

@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from kit import CELL_TYPES
+from kit.atomic import atomic_folder
 
 __all__ = ["CELL_LINES", "SHAPE", "JSON_NAME", "livecell_image", "make_livecell", "main"]
 
@@ -120,17 +118,8 @@ def make_livecell(out_dir, n_images: int, seed: int = 0, shape=SHAPE, *, overwri
         raise FileExistsError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: folder is not empty (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         _build(tmp, int(n_images), int(seed), (h, w), progress)
-        os.chmod(tmp, 0o755)
-        if out.is_dir():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 

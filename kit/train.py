@@ -272,10 +272,11 @@ def _main(argv=None) -> int:
                  "validation_images": len(val), "validation_ids": "val.csv",
                  "validation_chooses": _validation_role(fam.wants_validation(config), bool(val),
                                                         args.tune)}
-    print(plan.summary(), file=sys.stderr)
+    cache_state = plan.cache_state()  # walks the cache folder: once
+    print(plan.summary(cache_state), file=sys.stderr)
     try:
         log("split", n_train=len(fit_train), n_val=len(val), n_held_out=len(held_out))
-        log("memory_plan", **plan.to_dict(), **plan.cache_state())
+        log("memory_plan", **plan.to_dict(), **cache_state)
         acc = fit_cell_type_classifier(train, held_out, out)
         log("celltype", held_out_accuracy=acc)
         model = fam.fit(fit_train, val, out, options, log)

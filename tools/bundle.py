@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 from kit import __version__
+from kit.atomic import atomic_folder
 from kit.bundle_install import MANIFEST, sha256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,9 +208,7 @@ def build(weights: list[Path], out: Path, slug: str, title: str, cache: Path,
         extra = {n: v for n, v in detectron2_pins(target_freeze).items() if n not in pins}
         vendored += local_wheels(extra, detectron2_wheels)
         pins = {**pins, **extra}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         (tmp / "wheels").mkdir()
         for wheel in vendored:
             shutil.copy2(wheel, tmp / "wheels" / wheel.name)
@@ -230,12 +229,6 @@ def build(weights: list[Path], out: Path, slug: str, title: str, cache: Path,
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return manifest
 
 

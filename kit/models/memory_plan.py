@@ -77,8 +77,9 @@ class MemoryPlan:
     def to_dict(self) -> dict:
         return {**asdict(self), "peak_mb": round(self.peak_mb, 1), "gpu_mb": round(self.gpu_mb, 1)}
 
-    def summary(self) -> str:
-        """Two or three lines for the terminal."""
+    def summary(self, cache_state: dict | None = None) -> str:
+        """Two or three lines for the terminal (``cache_state``: :meth:`cache_state`'s result
+        when the caller has it, else read now)."""
         lines = [f"memory plan ({self.family}, {self.device}): peak RSS ~{_size(self.peak_mb)} = "
                  f"libraries {_size(self.libs_mb)} + data held {_size(self.data_mb)}"
                  + ("" if self.on_gpu else f" + network {_size(self.params_mb)} + activations "
@@ -87,7 +88,7 @@ class MemoryPlan:
             lines.append(f"  GPU memory ~{_size(self.gpu_mb)} (network {_size(self.params_mb)} + "
                          f"activations {_size(self.activations_mb)}, {self.basis})")
         if self.cache_dir:
-            st = self.cache_state()
+            st = cache_state or self.cache_state()
             lines.append(f"  target cache: {_size(self.cache_mb)} for {self.cache_images} images in "
                          f"{self.cache_dir} (holds {_size(st['cache_present_mb'] or 0.0)} now; "
                          + (f"{_size(st['disk_free_mb'])} free on its disk)" if st["disk_free_mb"] is not None

@@ -14,10 +14,31 @@ EVAL_BYTES_PER_PX = 950
 MASK_BOX_MB = 2.5
 
 
-def _scaled_px(shape, min_size: int, max_size: int) -> int:
+def scaled_px(shape, min_size: int, max_size: int) -> int:
+    """Pixels of an image of ``shape`` (H, W) resized so that its short side is ``min_size``
+    and its long side at most ``max_size`` (torchvision's and detectron2's rule)."""
     h, w = shape
     scale = min(min_size / min(h, w), max_size / max(h, w))
     return int(h * w * scale * scale)
+
+
+def largest_shape(records) -> tuple[int, int]:
+    """The (H, W) of the records' largest image ((520, 704) when there are none)."""
+    return max({r.shape for r in records} or {(520, 704)}, key=lambda s: s[0] * s[1])
+
+
+def detection_plan(family: str, device: str, records, n_params: int, optimizer: str,
+                   train_px: int, eval_px: int, mask_chunk: int) -> MemoryPlan:
+    """The plan of a Mask R-CNN trainer (either engine): its larger pass of a training batch of
+    ``train_px`` pixels and one validation image of ``eval_px`` with the mask head on
+    ``mask_chunk`` boxes at a time."""
+    passes = {"training": train_px * TRAIN_BYTES_PER_PX,
+              "validation": eval_px * EVAL_BYTES_PER_PX + mask_chunk * MASK_BOX_MB * MB}
+    name = max(passes, key=passes.get)
+    return MemoryPlan(
+        family, device, records_mb(records), LIBS_MB[family], params_mb(n_params, optimizer),
+        passes[name] / MB,
+        f"{name}: {(train_px if name == 'training' else eval_px) // 1000}k px per batch")
 
 
 def memory_plan(config, train, val, livecell=()) -> MemoryPlan:
@@ -26,17 +47,11 @@ def memory_plan(config, train, val, livecell=()) -> MemoryPlan:
     from kit.models.maskrcnn.network import build_network
 
     m, t = config.model, config.train
-    shapes = {r.shape for r in [*train, *val, *livecell]} or {(520, 704)}
-    largest = max(shapes, key=lambda s: s[0] * s[1])
-    train_px = t.batch_size * (t.crop ** 2 if t.crop else _scaled_px(largest, max(m.train_min_sizes),
-                                                                        m.train_max_size))
-    eval_px = _scaled_px(largest, m.test_min_size, m.test_max_size)
-    passes = {"training": train_px * TRAIN_BYTES_PER_PX,
-              "validation": eval_px * EVAL_BYTES_PER_PX + m.mask_chunk * MASK_BOX_MB * MB}
-    name = max(passes, key=passes.get)
+    records = [*train, *val, *livecell]
+    largest = largest_shape(records)
+    train_px = t.batch_size * (t.crop ** 2 if t.crop else scaled_px(largest, max(m.train_min_sizes),
+                                                                       m.train_max_size))
     n_params = sum(p.numel() for p in build_network(m).parameters())
-    return MemoryPlan(
-        "maskrcnn", torch_device(t.device).type, records_mb([*train, *val, *livecell]),
-        LIBS_MB["maskrcnn"], params_mb(n_params, t.optimizer),
-        passes[name] / MB,
-        f"{name}: {(train_px if name == 'training' else eval_px) // 1000}k px per batch")
+    return detection_plan("maskrcnn", torch_device(t.device).type, records, n_params, t.optimizer,
+                          train_px, scaled_px(largest, m.test_min_size, m.test_max_size),
+                          m.mask_chunk)
