@@ -113,8 +113,10 @@ def fit_options(args):
     livecell = ()
     if args.livecell is not None:
         from kit.data import read_coco
+        from kit.heap import release_free_memory
 
         livecell = tuple(read_coco(args.livecell, args.livecell_images, source="livecell"))
+        release_free_memory()  # the parse's text and compact annotations (kit.coco_json)
     return FitOptions(config=args.config, epochs=args.epochs, pretrained=args.pretrained,
                       resume=args.resume, livecell=livecell, progress=not args.quiet,
                       time_budget_s=None if args.time_budget is None else 60.0 * args.time_budget)

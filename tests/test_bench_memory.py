@@ -24,6 +24,26 @@ def test_slopes_are_mb_per_extra_image():
             {"n_train": 120, "n_held_out": 4, "peak_rss_mb": 1045.0},
             {"n_train": 30, "n_held_out": 20, "peak_rss_mb": 1160.0}]
     assert slopes(rows) == {"mb_per_train_image": 0.5, "mb_per_held_out_image": 10.0}
+    repeats = rows + [{"n_train": 30, "n_held_out": 4, "peak_rss_mb": 1300.0},  # an outlier
+                      {"n_train": 30, "n_held_out": 4, "peak_rss_mb": 1009.0},
+                      {"n_train": 120, "n_held_out": 4, "peak_rss_mb": 1045.0}]
+    assert slopes(repeats) == {"mb_per_train_image": 0.4, "mb_per_held_out_image": 9.438}
+
+
+def test_coco_read_benchmark_json_is_copies_of_its_source(tmp_path):
+    """benchmarks.coco_read's input: the source's images and annotations repeated under new
+    ids, read by read_coco into the same masks, copy after copy."""
+    from benchmarks.coco_read import replicated_json
+    from kit.data import read_coco
+    from kit.synth_livecell import JSON_NAME, make_livecell
+
+    lc = make_livecell(tmp_path / "lc", 3, shape=(48, 64))
+    source = read_coco(lc / JSON_NAME)
+    n = replicated_json(lc / JSON_NAME, 4, tmp_path / "x4.json")
+    copies = read_coco(tmp_path / "x4.json")
+    assert n == 4 * sum(len(r.rles) for r in source) > 0
+    assert [r.rles for r in copies] == [r.rles for r in source] * 4
+    assert len({r.id for r in copies}) == 12
 
 
 def test_livecell_subset_and_config_are_what_kit_train_reads(tmp_path):
