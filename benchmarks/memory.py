@@ -52,6 +52,8 @@ LIVECELL_STEPS = {
                            "eval_max_images": 2}},
     "cellpose": {"train": {"livecell_epochs": 1, "epochs": 1, "nimg_per_epoch": 16},
                  "size_model": {"epochs": 1}},
+    "detectron2": {"train": {"livecell_epochs": 1, "livecell_max_iter": 3, "eval_max_images": 2},
+                   "detectron2": {"SOLVER.MAX_ITER": 3}},
 }
 
 

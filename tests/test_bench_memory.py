@@ -58,9 +58,11 @@ def test_livecell_subset_and_config_are_what_kit_train_reads(tmp_path):
     sub = livecell_subset(lc / JSON_NAME, 4, tmp_path / "four.json")
     records = read_coco(sub, lc / "images", source="livecell")
     assert [r.id for r in records] == [r.id for r in read_coco(lc / JSON_NAME, lc / "images")][:4]
-    for model in ("cellpose", "maskrcnn"):
+    for model in ("cellpose", "maskrcnn", "detectron2"):
         cfg = family(model).load_config(livecell_config(model, tmp_path / f"{model}.yaml"))
         assert cfg.train.livecell_epochs == 1 == LIVECELL_STEPS[model]["train"]["livecell_epochs"]
+    assert cfg.train.livecell_max_iter == 3 and cfg.detectron2["SOLVER.MAX_ITER"] == 3
+    assert cfg.detectron2["MODEL.RESNETS.DEPTH"] == 18   # the CPU config's keys stay
 
 
 def test_step_time_reads_both_trees_step_logs(tmp_path):

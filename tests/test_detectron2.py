@@ -272,3 +272,51 @@ def test_code_only_bundle_with_detectron2_for_its_training_kernel(d2, tmp_path):
     assert manifest["models"] == {}
     assert any(w.startswith("wheels/detectron2-0.6-") for w in manifest["wheels"])
     assert set(bundle.detectron2_pins()) <= set(manifest["vendored"])
+
+
+@pytest.mark.usefixtures("torch_one_thread")
+def test_livecell_stage_starts_the_sartorius_stage(d2, real4, tmp_path):
+    """kit.train detectron2 --livecell: a LIVECell stage (classes = cell lines, no validation)
+    whose final weights start the Sartorius stage (new box/mask predictors); --time-budget stops
+    both stages and --resume continues the Sartorius one without redoing LIVECell."""
+    import torch
+
+    from kit.synth_livecell import JSON_NAME, make_livecell
+
+    lc = make_livecell(tmp_path / "lc", 4, shape=(128, 160))
+    config = _write(tmp_path / "tiny.yaml", TINY_D2.replace("SOLVER.WARMUP_ITERS: 2", "SOLVER.WARMUP_ITERS: 0")
+                    + "  livecell_epochs: 1\n")
+    ids = sorted(p.stem for p in (real4 / "train").glob("*.png"))
+    folds = _write(tmp_path / "folds.csv", "id,fold\n" + "".join(f"{i},{int(k > 0)}\n"
+                                                                 for k, i in enumerate(ids)))
+
+    def train(out, *extra):
+        done = run_module("kit.train", "detectron2", "--data", real4, "--folds", folds, "--fold", 0,
+                          "--val-fraction", 0.34, "--out", out, "--config", config, "--quiet",
+                          "--livecell", lc / JSON_NAME, "--livecell-images", lc / "images", *extra)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        return [json.loads(line) for line in (out / "train.log").read_text().splitlines()]
+
+    # a budget spent at once: one step per stage. The LIVECell step learns (no warm-up); the
+    # Sartorius step's rate is the budget cosine's 0, so its backbone is the LIVECell one.
+    out = tmp_path / "run"
+    events = train(out, "--time-budget", 0)
+    stages = [e for e in events if e["event"] == "stage"]
+    assert [s["stage"] for s in stages] == ["livecell", "sartorius"]
+    assert stages[0]["classes"] == ["A172", "BT474", "BV2", "Huh7"] and stages[0]["max_iter"] == 2
+    assert stages[1]["init"] == str(out / "livecell_model.pth")
+    assert [e["stage"] for e in events if e["event"] == "time_budget"] == ["livecell", "sartorius"]
+    rows = _rows(out / "train_iter.csv")
+    assert [(r["stage"], r["iteration"]) for r in rows] == [("livecell", "1"), ("sartorius", "1")]
+    assert float(rows[0]["lr"]) > 1e-3 and float(rows[1]["lr"]) == 0.0
+    livecell = torch.load(out / "livecell_model.pth", weights_only=True)["model"]
+    final = torch.load(out / "model.pth", weights_only=True)["model"]
+    head = "roi_heads.box_predictor.cls_score.weight"
+    assert livecell[head].shape[0] == 5 and final[head].shape[0] == 4   # classes + background
+    convs = [k for k in livecell if k.startswith("backbone.") and k.endswith("conv1.weight")]
+    assert len(convs) > 5 and all(torch.equal(livecell[k], final[k]) for k in convs)
+
+    events = train(out, "--resume")
+    assert any(e["event"] == "livecell_done" and e.get("resumed") for e in events)
+    assert [(r["stage"], int(r["iteration"])) for r in _rows(out / "train_iter.csv")] == [
+        ("livecell", 1), ("sartorius", 1), ("sartorius", 2), ("sartorius", 3), ("sartorius", 4)]

@@ -38,8 +38,15 @@ class TrainSettings:
     vflip: bool = True                # vertical flips on top of detectron2's horizontal ones
     budget_cosine: bool = True        # with --time-budget: the LR follows a cosine to 0 at its end
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    livecell_epochs: int = 6          # the LIVECell stage (only with --livecell): passes over its images
+    livecell_max_iter: int = 0        # a cap on its iterations (0 = none)
+    livecell_labels: Literal["single", "cell_line"] = "cell_line"   # its classes (kit.models.livecell)
 
     def __post_init__(self):
+        if self.livecell_epochs < 0:
+            raise ValueError(f"livecell_epochs must be >= 0, got {self.livecell_epochs!r}")
+        if self.livecell_max_iter < 0:
+            raise ValueError(f"livecell_max_iter must be >= 0, got {self.livecell_max_iter!r}")
         if self.eval_every_epochs < 1:
             raise ValueError(f"eval_every_epochs must be >= 1, got {self.eval_every_epochs!r}")
         if self.eval_max_images < 0:

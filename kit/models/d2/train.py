@@ -17,10 +17,20 @@ of detectron2's COCO evaluator and TensorBoard writer:
   (whatever detectron2's scheduler says) times a cosine of the elapsed share of the budget, so
   it reaches 0 when the budget ends.
 
-``--time-budget MINUTES`` ends training after the iteration that spends it; ``checkpoints/``
-then holds detectron2's ``model_last.pth`` (model, optimizer, scheduler, iteration, the best
-validation so far) and ``--resume`` continues from it. Files in ``--out``: ``train_iter.csv``,
-``eval.csv``, ``checkpoints/``, the model folder files.
+With ``--livecell`` (records of LIVECell's json) and ``train.livecell_epochs`` > 0, a LIVECell
+stage comes first: the same trainer on the LIVECell images, its classes the cell lines or one
+``cell`` (``train.livecell_labels``, :mod:`kit.models.livecell`), no validation; its final
+weights (``livecell_model.pth``) start the Sartorius stage, whose box and mask predictors are
+new (other classes: detectron2's checkpointer skips the weights whose shapes differ).
+
+``--time-budget MINUTES`` counts from the start of the run and ends a stage after the iteration
+that spends it (each stage runs at least one); the budget cosine covers the Sartorius stage,
+over the time left when it starts. ``checkpoints/`` (``checkpoints/livecell/`` for the LIVECell
+stage) then holds detectron2's ``model_last.pth`` (model, optimizer, scheduler, iteration, the
+best validation so far) and ``--resume`` continues from it: the stage that was running, or the
+Sartorius stage once ``livecell_model.pth`` is written. Files in ``--out``: ``train_iter.csv``
+(both stages, a ``stage`` column), ``eval.csv``, ``checkpoints/``, ``livecell_model.pth``, the
+model folder files.
 """
 from __future__ import annotations
 
@@ -37,7 +47,7 @@ from kit.models.validation import CsvLog, evaluate
 __all__ = ["fit", "ITER_COLUMNS", "EVAL_COLUMNS"]
 
 LOSSES = ["loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"]
-ITER_COLUMNS = ["epoch", "iteration", "lr", "loss", *LOSSES, "seconds"]
+ITER_COLUMNS = ["stage", "epoch", "iteration", "lr", "loss", *LOSSES, "seconds"]
 EVAL_COLUMNS = ["epoch", "iteration", "map", "shsy5y", "astro", "cort", "n_images", "n_pred",
                 "seconds", "best"]
 CHECKPOINT = "model_last"
@@ -114,7 +124,7 @@ def _hooks():
             latest = self.trainer.storage.latest()
             value = {k: v[0] for k, v in latest.items()}
             done = self.trainer.iter + 1
-            self.run.iter_csv(epoch=round(self.run.epoch(done), 3), iteration=done,
+            self.run.iter_csv(stage=self.run.stage, epoch=round(self.run.epoch(done), 3), iteration=done,
                               lr=value.get("lr", ""), loss=value.get("total_loss", ""),
                               **{k: value.get(k, "") for k in LOSSES},
                               seconds=round(time.time() - self.t0, 3))
@@ -136,11 +146,14 @@ def _hooks():
 
 
 class _Run:
-    """What the kit's hooks share: configs, records, output files, the log and the clock."""
+    """What the kit's hooks share in one stage: configs, records, output files, the log, the
+    clock (``stop``: the run's, ends the stage) and whether the budget cosine applies."""
 
-    def __init__(self, config, cfg, out: Path, val, n_train: int, log, clock: BudgetClock):
+    def __init__(self, config, cfg, out: Path, val, n_train: int, log, clock: BudgetClock,
+                 stage: str = "sartorius", cosine: bool = True):
         self.config, self.cfg, self.out, self.val = config, cfg, out, list(val)
         self.n_train, self.log, self.clock = n_train, log, clock
+        self.stage, self.cosine = stage, cosine
         self.iter_csv = CsvLog(out / "train_iter.csv", ITER_COLUMNS)
         self.eval_csv = CsvLog(out / "eval.csv", EVAL_COLUMNS)
 
@@ -178,7 +191,7 @@ def _trainer(cfg, run: _Run):
         def build_hooks(self):
             period = run.iterations_per_epoch() * run.config.train.eval_every_epochs
             self.validation = ValidationHook(run, period)
-            timed = run.clock.budget_s is not None and run.config.train.budget_cosine
+            timed = run.cosine and run.clock.budget_s is not None and run.config.train.budget_cosine
             return [hooks.IterationTimer(), hooks.LRScheduler(),
                     *([BudgetCosine(run.clock)] if timed else []),
                     IterationLog(run), self.validation,
@@ -198,7 +211,7 @@ def _trainer(cfg, run: _Run):
                         self.after_step()
                         self.ran = True
                         if run.clock.spent():
-                            run.log("time_budget", iteration=self.iter + 1,
+                            run.log("time_budget", stage=run.stage, iteration=self.iter + 1,
                                     message="stopped by --time-budget; --resume continues")
                             break
                 finally:
@@ -216,6 +229,46 @@ def _pretrained_file(path) -> str:
     if not p.is_file():
         raise FileNotFoundError(f"--pretrained: file not found: {p}")
     return str(p)
+
+
+def _livecell_stage(config, cfg, records, out: Path, options: FitOptions, log,
+                    clock: BudgetClock) -> str:
+    """Train the LIVECell stage (module doc) unless a resumed run has it done already; returns
+    the path of its weights, ``out/livecell_model.pth``."""
+    import torch
+
+    from kit.atomic import atomic_torch_save
+    from kit.models.d2.data import register
+    from kit.models.livecell import livecell_classes
+
+    weights = out / "livecell_model.pth"
+    stage_dir = out / "checkpoints" / "livecell"
+    if options.resume and weights.is_file():
+        log("livecell_done", weights=str(weights), resumed=True)
+        return str(weights)
+    names, label = livecell_classes(records, config.train.livecell_labels)
+    lc = cfg.clone()
+    lc.MODEL.ROI_HEADS.NUM_CLASSES = len(names)
+    lc.SOLVER.MAX_ITER = max(1, math.ceil(config.train.livecell_epochs * len(records)
+                                          / lc.SOLVER.IMS_PER_BATCH))
+    if config.train.livecell_max_iter:
+        lc.SOLVER.MAX_ITER = min(lc.SOLVER.MAX_ITER, config.train.livecell_max_iter)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    lc.OUTPUT_DIR = str(stage_dir)
+    lc.DATASETS.TRAIN = (register(records, names, "livecell", lambda r: label[r.id] - 1),)
+    lc.DATASETS.TEST = ()
+    lc.TEST.EVAL_PERIOD = 0
+    lc.freeze()
+    torch.manual_seed(max(lc.SEED, 0))
+    run = _Run(config, lc, out, [], len(records), log, clock, stage="livecell", cosine=False)
+    trainer = _trainer(lc, run)
+    trainer.resume_or_load(resume=options.resume and (stage_dir / "last_checkpoint").is_file())
+    log("stage", stage="livecell", n_images=len(records), classes=names, max_iter=lc.SOLVER.MAX_ITER,
+        start_iter=trainer.start_iter, iters_per_epoch=run.iterations_per_epoch())
+    trainer.train()
+    atomic_torch_save({"model": trainer.model.state_dict()}, weights)
+    log("livecell_done", weights=str(weights), classes=names, iterations=trainer.iter + 1)
+    return str(weights)
 
 
 def fit(train_records, val_records, out: Path, options: FitOptions = FitOptions(),
@@ -248,24 +301,30 @@ def fit(train_records, val_records, out: Path, options: FitOptions = FitOptions(
         cfg.SOLVER.MAX_ITER = math.ceil(options.epochs * len(train_records) / cfg.SOLVER.IMS_PER_BATCH)
     if options.pretrained is not None:
         cfg.MODEL.WEIGHTS = _pretrained_file(options.pretrained)
-    if list(options.livecell):
-        log("livecell_skipped", reason="the detectron2 family has no LIVECell stage; "
-            "start from LIVECell weights with --pretrained")
     checkpoints = out / "checkpoints"
     checkpoints.mkdir(exist_ok=True)
+    if options.resume and not (checkpoints / "last_checkpoint").is_file() \
+            and not (checkpoints / "livecell" / "last_checkpoint").is_file():
+        raise ValueError(f"--resume: no checkpoint in {checkpoints}")
+    clock = BudgetClock(options.time_budget_s)  # the whole run's
+    livecell = list(options.livecell)
+    if livecell and config.train.livecell_epochs == 0:
+        log("livecell_skipped", reason="train.livecell_epochs is 0")
+    elif livecell:
+        cfg.MODEL.WEIGHTS = _livecell_stage(config, cfg, livecell, out, options, log, clock)
     cfg.OUTPUT_DIR = str(checkpoints)
     cfg.DATASETS.TRAIN = (register(train_records, config.classes),)
     cfg.DATASETS.TEST = ()
     cfg.TEST.EVAL_PERIOD = 0      # the kit's ValidationHook evaluates
     cfg.freeze()
-    if options.resume and not (checkpoints / "last_checkpoint").is_file():
-        raise ValueError(f"--resume: no checkpoint in {checkpoints}")
     torch.manual_seed(max(cfg.SEED, 0))
-    clock = BudgetClock(options.time_budget_s)
-    run = _Run(config, cfg, out, val_records, len(train_records), log, clock)
+    left = None if clock.budget_s is None else max(clock.budget_s * (1.0 - clock.fraction()), 0.0)
+    run = _Run(config, cfg, out, val_records, len(train_records), log,
+               clock if not livecell else BudgetClock(left))
     trainer = _trainer(cfg, run)
-    trainer.resume_or_load(resume=options.resume)
+    trainer.resume_or_load(resume=options.resume and (checkpoints / "last_checkpoint").is_file())
     log("stage", stage="sartorius", n_images=len(train_records), classes=list(config.classes),
+        init=cfg.MODEL.WEIGHTS or None,
         max_iter=cfg.SOLVER.MAX_ITER, start_iter=trainer.start_iter,
         iters_per_epoch=run.iterations_per_epoch(), device=str(device))
     if options.resume:

@@ -40,6 +40,7 @@ from kit.atomic import atomic_torch_save
 from kit.heap import release_free_memory
 from kit.models import torch_device
 from kit.models.family import FitOptions
+from kit.models.livecell import livecell_classes
 from kit.models.maskrcnn.config import MaskRCNNConfig, load_config
 from kit.models.maskrcnn.model import MaskRCNNModel
 from kit.models.maskrcnn.network import build_network
@@ -73,14 +74,6 @@ def lr_at(it: int, total: int, tcfg, time_fraction: float = 0.0) -> float:
         alpha = it / tcfg.warmup_iters
         lr *= tcfg.warmup_factor * (1 - alpha) + alpha
     return lr
-
-
-def livecell_classes(records, mode: str) -> tuple[list[str], dict[str, int]]:
-    """LIVECell class names and ``record id -> label`` (cell line = file-name prefix)."""
-    if mode == "single":
-        return ["cell"], {r.id: 1 for r in records}
-    names = sorted({r.id.split("_")[0] for r in records})
-    return names, {r.id: names.index(r.id.split("_")[0]) + 1 for r in records}
 
 
 def _optimizer(net, tcfg):
