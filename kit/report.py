@@ -42,7 +42,8 @@ from pathlib import Path
 
 REPO_CONFIGS = Path(__file__).resolve().parent / "configs"
 # model -> (config in kit/configs, training minutes): the CPU recipes for the real images
-RECIPES = {"cellpose": ("cellpose_cpu_real.yaml", 32.0), "maskrcnn": ("maskrcnn_cpu_real.yaml", 40.0)}
+RECIPES = {"cellpose": ("cellpose_cpu_real.yaml", 32.0), "maskrcnn": ("maskrcnn_cpu_real.yaml", 40.0),
+           "detectron2": ("detectron2_cpu_real.yaml", 40.0)}
 DEFAULT_MODELS = ("baseline", "cellpose", "maskrcnn")
 
 

@@ -141,3 +141,32 @@ def test_missing_folds_file_is_named(real_dir, tmp_path):
     done = run_module("kit.report", "--data", real_dir, "--folds", tmp_path / "nope.csv",
                       "--held-out", 1, "--out", tmp_path / "out")
     assert done.returncode == 2 and "nope.csv" in done.stderr
+
+
+def test_detectron2_goes_through_every_stage(real_dir, tmp_path):
+    """--models detectron2 (when detectron2 is installed): its CPU recipe unless --config says
+    otherwise, trained, tuned on the validation split, scored on the held-out fold, and an
+    ensemble member like the torchvision model."""
+    pytest.importorskip("detectron2")
+    from test_detectron2 import TINY_D2
+
+    from kit.report import RECIPES
+
+    assert RECIPES["detectron2"] == ("detectron2_cpu_real.yaml", 40.0)
+    tiny = tmp_path / "d2.yaml"
+    tiny.write_text(TINY_D2)
+    out = tmp_path / "out"
+    done = run_module("kit.report", "--data", real_dir, "--folds", real_dir.parent / "folds.csv",
+                      "--held-out", 1, "--out", out, "--models", "maskrcnn", "detectron2",
+                      "--config", f"maskrcnn={real_dir.parent / 'maskrcnn.yaml'}",
+                      "--config", f"detectron2={tiny}", "--budget", "maskrcnn=0.2",
+                      "--budget", "detectron2=0.2", "--tta", "none", "--quiet")
+    assert done.returncode == 0, done.stderr + done.stdout
+    doc = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in doc["rows"]] == ["maskrcnn", "maskrcnn tuned", "detectron2",
+                                                "detectron2 tuned", "ensemble", "ensemble tuned"]
+    assert all(0.0 <= r["map"] <= 1.0 and r["n_images"] == 6 for r in doc["rows"])
+    params = json.loads((out / "models" / "detectron2" / "params.json").read_text())
+    assert params["time_budget"] == 0.2 and params["config"] == str(tiny.resolve())
+    assert (out / "models" / "detectron2" / "tuned.yaml").is_file()
+    assert "| detectron2 tuned |" in (out / "report.md").read_text()
