@@ -35,6 +35,7 @@ import json
 import sys
 from pathlib import Path
 
+from kit import distributed
 from kit.runlog import RunLog
 
 # What marks a folder as holding an earlier kit.train run (params.json is written first).
@@ -255,6 +256,17 @@ def _main(argv=None) -> int:
         raise ValueError(f"--tune needs validation images: --val-fraction {args.val_fraction} of "
                          f"{len(train)} training images sets none aside")
     options = fit_options(args)
+    group = distributed.start()
+    if group.distributed and not fam.distributed:
+        raise ValueError(f"the {args.model} model does not train in several processes: run "
+                         "kit.train without torchrun (or with --nproc_per_node 1)")
+    if not group.main:  # the other ranks train alongside rank 0, which writes everything
+        group.barrier()  # rank 0 has prepared the run folder
+        try:
+            fam.fit(fit_train, val, args.out, options, lambda event, **fields: None)
+        finally:
+            distributed.finish()
+        return 0
     plan = memory_plan(fam, config, fit_train, val, held_out, options.livecell)
     out = args.out
     if args.fresh and earlier_run(out):
@@ -263,6 +275,7 @@ def _main(argv=None) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    params["processes"] = group.world
     with atomic_open(out / "params.json") as f:
         f.write(json.dumps(params, indent=1) + "\n")
     write_folds_csv(folds, out / "folds.csv")
@@ -281,7 +294,9 @@ def _main(argv=None) -> int:
         log("memory_plan", **plan.to_dict(), **cache_state)
         acc = fit_cell_type_classifier(train, held_out, out)
         log("celltype", held_out_accuracy=acc)
+        group.barrier()  # the other ranks wait here for the run folder
         model = fam.fit(fit_train, val, out, options, log)
+        distributed.finish()
         if args.tune:
             from kit.models import load_model
 

@@ -76,6 +76,9 @@ class ModelFamily(ABC):
     name: ClassVar[str] = ""
     #: ``kit.train`` offers it (an ensemble is assembled, not trained)
     trainable: ClassVar[bool] = True
+    #: :meth:`fit` trains in several processes under torchrun (:mod:`kit.distributed`): every
+    #: rank calls it, rank 0 alone writes and gets the model, the others get None
+    distributed: ClassVar[bool] = False
     #: how an ensemble fuses members of this family: "detections" (weighted box fusion of
     #: :class:`kit.postprocess.Detections`) or "labels" (instance vote of label images)
     fusion: ClassVar[str] = "labels"

@@ -75,7 +75,9 @@ class TrainConfig:
     epochs: int = 24
     livecell_epochs: int = 6
     livecell_labels: Literal["single", "cell_line"] = "cell_line"
-    batch_size: int = 2
+    batch_size: int = 2                # images per optimizer step, over every process (global batch)
+    accumulate: int = 1                # micro batches per step and process (gradient accumulation)
+    sync_bn: bool = False              # BatchNorm statistics over every process (CUDA, several processes)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.005
     momentum: float = 0.9
@@ -103,13 +105,16 @@ class TrainConfig:
                      "num_workers", "warmup_iters"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("batch_size", "eval_every", "max_nonfinite"):
+        for name in ("batch_size", "accumulate", "eval_every", "max_nonfinite"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.crop and self.crop < 32:
             raise ValueError(f"crop must be 0 or >= 32, got {self.crop!r}")
+        if self.batch_size % self.accumulate:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of accumulate "
+                             f"{self.accumulate}")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from kit.postprocess import TYPE_PARAM_GRIDS, PostprocessConfig, postprocess
 
 class MaskRCNNFamily(ModelFamily):
     name = "maskrcnn"
+    distributed = True
     fusion = "detections"
     raw_format = "detections"
     grids = TYPE_PARAM_GRIDS

@@ -31,12 +31,15 @@ cosine decay ends when the budget does.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
 from pathlib import Path
 
 from kit.atomic import atomic_torch_save
+from kit.distributed import SINGLE, micro_batch, rank_batches
+from kit.distributed import current as current_group
 from kit.heap import release_free_memory
 from kit.models import torch_device
 from kit.models.family import FitOptions
@@ -90,12 +93,41 @@ def _optimizer(net, tcfg):
     return torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum)
 
 
+def _no_row(**row) -> None:
+    pass
+
+
+def _no_log(event: str, **fields) -> None:
+    pass
+
+
 class _Trainer:
-    def __init__(self, cfg: MaskRCNNConfig, out: Path, log, device):
-        self.cfg, self.out, self.log, self.device = cfg, out, log, device
-        self.iter_csv = CsvLog(out / "train_iter.csv", ITER_COLUMNS)
-        self.eval_csv = CsvLog(out / "eval.csv", EVAL_COLUMNS)
+    """The stages of one run. With several processes (:mod:`kit.distributed`) every rank runs
+    this, the network wrapped in DistributedDataParallel; rank 0 alone logs, validates and
+    writes."""
+
+    def __init__(self, cfg: MaskRCNNConfig, out: Path, log, device, group=SINGLE):
+        self.cfg, self.out, self.device, self.group = cfg, out, device, group
+        self.log = log if group.main else _no_log
+        self.iter_csv = CsvLog(out / "train_iter.csv", ITER_COLUMNS) if group.main else _no_row
+        self.eval_csv = CsvLog(out / "eval.csv", EVAL_COLUMNS) if group.main else _no_row
         self.ckpt = out / "checkpoints" / "last.pt"
+
+    def _wrap(self, net):
+        """``net`` for training in the group: SyncBatchNorm when ``train.sync_bn``, then
+        DistributedDataParallel (one process: ``net`` itself)."""
+        import torch
+
+        if not self.group.distributed:
+            return net
+        if self.cfg.train.sync_bn:
+            if self.device.type != "cuda":
+                raise ValueError("train.sync_bn needs CUDA (torch's SyncBatchNorm runs on GPUs only)")
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # find_unused_parameters: a micro batch without positives leaves the mask head unused
+        return torch.nn.parallel.DistributedDataParallel(net, device_ids=ids,
+                                                         find_unused_parameters=True)
 
     def run_stage(self, stage: str, records, classes, label_of, epochs: int, *, init=None,
                   resume=None, val=(), best=None, deadline=None):
@@ -107,6 +139,7 @@ class _Trainer:
         cfg, tcfg = self.cfg, self.cfg.train
         mcfg = dataclasses.replace(cfg.model, classes=tuple(classes))
         stage_cfg = dataclasses.replace(cfg, model=mcfg)
+        group = self.group
         net = build_network(mcfg).to(self.device)
         opt = _optimizer(net, tcfg)
         use_amp = tcfg.amp and self.device.type == "cuda"
@@ -126,12 +159,15 @@ class _Trainer:
         ds = InstanceDataset(records, label_of, mcfg.train_min_sizes, mcfg.train_max_size,
                              crop=tcfg.crop, hflip=tcfg.hflip, vflip=tcfg.vflip, rot90=tcfg.rot90,
                              seed=tcfg.seed)
+        micro_batch(tcfg.batch_size, group.world, tcfg.accumulate)  # a ValueError if it does not divide
+        train_net = self._wrap(net)
         per_epoch = math.ceil(len(ds) / tcfg.batch_size)
         if tcfg.max_iters_per_epoch:
             per_epoch = min(per_epoch, tcfg.max_iters_per_epoch) if per_epoch else 0
         total = per_epoch * epochs
         self.log("stage", stage=stage, n_images=len(ds), classes=list(classes), epochs=epochs,
-                 iters_per_epoch=per_epoch, start_epoch=start_epoch, device=str(self.device))
+                 iters_per_epoch=per_epoch, start_epoch=start_epoch, device=str(self.device),
+                 processes=group.world, accumulate=tcfg.accumulate)
         params = [p for p in net.parameters() if p.requires_grad]
         nonfinite = 0
         # The Sartorius stage's schedule follows the time left to the deadline too (a stage the
@@ -141,64 +177,81 @@ class _Trainer:
         for epoch in range(start_epoch, epochs):
             ds.set_epoch(epoch)
             gen = torch.Generator().manual_seed(tcfg.seed * 1000 + epoch)
-            loader = torch.utils.data.DataLoader(
-                ds, batch_size=tcfg.batch_size, shuffle=True, generator=gen, collate_fn=collate,
-                num_workers=tcfg.num_workers, drop_last=False)
-            net.train()
+            steps = rank_batches(torch.randperm(len(ds), generator=gen), tcfg.batch_size, group,
+                                 tcfg.accumulate)[:per_epoch]
+            loader = iter(torch.utils.data.DataLoader(
+                ds, batch_sampler=[m for step_ in steps for m in step_], collate_fn=collate,
+                num_workers=tcfg.num_workers))
+            train_net.train()
             t_epoch = time.time()
-            for step, (images, targets) in enumerate(loader):
-                if step >= per_epoch:
-                    break
+            for step, micro in enumerate(steps):
                 t0 = time.time()
                 lr = lr_at(epoch * per_epoch + step, total, tcfg, clock.fraction())
                 for g in opt.param_groups:
                     g["lr"] = lr
-                images = [im.to(self.device, non_blocking=True) for im in images]
-                targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
-                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=use_amp):
-                    losses = net(images, targets)
-                loss = sum(losses.values())
-                finite = bool(torch.isfinite(loss))
-                grad_norm = float("nan")
                 opt.zero_grad(set_to_none=True)
+                parts, n_instances = {}, 0
+                for j in range(len(micro)):
+                    images, targets = next(loader)
+                    images = [im.to(self.device, non_blocking=True) for im in images]
+                    targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()}
+                               for t in targets]
+                    n_instances += sum(len(t["boxes"]) for t in targets)
+                    # gradients are averaged over ranks by DDP at the last micro batch only
+                    sync = j == len(micro) - 1 or not group.distributed
+                    with (contextlib.nullcontext() if sync else train_net.no_sync()):
+                        with torch.autocast(device_type=self.device.type, dtype=torch.float16,
+                                            enabled=use_amp):
+                            losses = train_net(images, targets)
+                        loss = sum(losses.values()) / len(micro)
+                        # always backward (a NaN spreads to every rank's gradients, and then
+                        # every rank skips the step alike)
+                        scaler.scale(loss).backward()
+                    for k, v in losses.items():
+                        parts[k] = parts.get(k, 0.0) + float(v.detach()) / len(micro)
+                names = sorted(parts)
+                means = group.mean([parts[k] for k in names] + [n_instances])
+                parts, n_instances = dict(zip(names, means[:-1])), int(round(means[-1] * group.world))
+                loss_value = sum(parts.values())
+                scaler.unscale_(opt)
+                gn = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
+                grad_norm = float(gn)
+                # With AMP an overflow (inf grad) is the scaler's business: it skips the step
+                # and lowers the scale. Without AMP a non-finite loss or grad skips it here.
+                finite = (math.isfinite(grad_norm) and math.isfinite(loss_value)) or use_amp
                 if finite:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(opt)
-                    gn = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
-                    grad_norm = float(gn)
-                    # With AMP an overflow (inf grad) is the scaler's business: it skips the step
-                    # and lowers the scale. Without AMP a non-finite grad skips the step here.
-                    finite = math.isfinite(grad_norm) or use_amp
-                    if finite:
-                        scaler.step(opt)
-                    scaler.update()
+                    scaler.step(opt)
+                scaler.update()
+                if not math.isfinite(loss_value):
+                    grad_norm, finite = float("nan"), False
                 nonfinite = 0 if finite else nonfinite + 1
                 iteration += 1
                 self.iter_csv(stage=stage, epoch=epoch, iteration=iteration, lr=lr,
-                              loss=float(loss.detach()),
-                              **{k: float(v.detach()) for k, v in losses.items()},
-                              grad_norm=grad_norm, finite=int(finite),
-                              n_instances=sum(len(t["boxes"]) for t in targets),
-                              seconds=round(time.time() - t0, 3))
+                              loss=loss_value, **parts, grad_norm=grad_norm, finite=int(finite),
+                              n_instances=n_instances, seconds=round(time.time() - t0, 3))
                 if nonfinite >= tcfg.max_nonfinite:
                     self.log("error", stage=stage, message=f"{nonfinite} non-finite losses in a row")
                     raise RuntimeError(f"training diverged: {nonfinite} non-finite losses in a row "
                                        f"(stage {stage}, iteration {iteration}); lower train.lr or "
                                        f"raise train.warmup_iters")
-                if clock.spent():  # the learning rate has decayed to 0: end the epoch here
+                if group.any(clock.spent()):  # the learning rate has decayed to 0: end the epoch
                     break
             done = epoch + 1
             release_free_memory()  # the epoch's freed heap (kit.heap)
             self.log("epoch", stage=stage, epoch=done, iteration=iteration,
                      seconds=round(time.time() - t_epoch, 1))
-            out_of_time = deadline is not None and time.time() >= deadline and done < epochs
+            out_of_time = group.any(deadline is not None and time.time() >= deadline) and done < epochs
             if stage == "sartorius" and val and (done % tcfg.eval_every == 0 or done == epochs
                                                       or out_of_time):
-                best = self._evaluate(stage_cfg, net, val, stage, done, iteration, best)
-            atomic_torch_save({"stage": stage, "epoch": done, "iteration": iteration,
-                          "model": net.state_dict(), "optimizer": opt.state_dict(),
-                          "scaler": scaler.state_dict() if use_amp else None, "best": best,
-                          "classes": list(classes)}, self.ckpt)
+                if group.main:
+                    best = self._evaluate(stage_cfg, net, val, stage, done, iteration, best)
+                    train_net.train()
+                group.barrier()
+            if group.main:
+                atomic_torch_save({"stage": stage, "epoch": done, "iteration": iteration,
+                                   "model": net.state_dict(), "optimizer": opt.state_dict(),
+                                   "scaler": scaler.state_dict() if use_amp else None, "best": best,
+                                   "classes": list(classes)}, self.ckpt)
             if out_of_time:
                 self.log("time_budget", stage=stage, epoch=done, of_epochs=epochs,
                          message="stopped by --time-budget; --resume continues")
@@ -244,9 +297,12 @@ def fit(train_records, val_records, out: Path, options: FitOptions = FitOptions(
     log = log or (lambda event, **fields: None)
     budget = options.time_budget_s
     deadline = None if budget is None else time.time() + budget
+    group = current_group()
     device = torch_device(cfg.train.device)
+    if device.type == "cuda" and group.distributed:
+        device = torch.device("cuda", group.local_rank)
     torch.manual_seed(cfg.train.seed)
-    trainer = _Trainer(cfg, out, log, device)
+    trainer = _Trainer(cfg, out, log, device, group)
     state = None
     if options.resume:
         if not trainer.ckpt.is_file():
@@ -274,14 +330,19 @@ def fit(train_records, val_records, out: Path, options: FitOptions = FitOptions(
             net, _, _ = trainer.run_stage("livecell", lc, names, lambda r: label[r.id],
                                           cfg.train.livecell_epochs, init=pretrained, resume=resume,
                                           deadline=deadline)
-            atomic_torch_save({"model": net.state_dict(), "classes": list(names), "stage": "livecell"}, lc_path)
-            log("livecell_done", weights=str(lc_path), classes=names)
+            if group.main:
+                atomic_torch_save({"model": net.state_dict(), "classes": list(names), "stage": "livecell"},
+                                  lc_path)
+            group.barrier()  # every rank starts the next stage from the file
+            trainer.log("livecell_done", weights=str(lc_path), classes=names)
             state = None
             init = lc_path
     resume = state if state is not None and state["stage"] == "sartorius" else None
     net, stage_cfg, best = trainer.run_stage(
         "sartorius", train_records, classes, lambda r: classes.index(r.cell_type) + 1,
         cfg.train.epochs, init=init, resume=resume, val=list(val_records), deadline=deadline)
+    if not group.main:
+        return None  # rank 0 saves and returns the model
     if best is None:  # no validation images (or no epochs): keep the last weights
         MaskRCNNModel(stage_cfg, net, "cpu", extra={"trained": {"best_epoch": None}}).save(out)
         log("saved_last", reason="no validation images")
