@@ -84,3 +84,26 @@ def train(model: str, argv=None) -> int:
              *(["--config", args.config] if args.config else []), *extra)
     print(f"model folder: {out}")
     return 0
+
+
+def train_folds(argv=None) -> int:
+    """Train every fold of a model (``kit.train_folds``): OUT/<model>-folds holds the fold
+    runs, the whole-set oof.csv and the fold ensemble (the submission model)."""
+    parser = kernel_parser("Train every fold of a model; the fold ensemble lands in --out.")
+    parser.add_argument("--model", default=os.environ.get("KIT_MODEL", "maskrcnn"),
+                        help="model family (maskrcnn, cellpose, detectron2, ...)")
+    parser.add_argument("--config", type=Path, default=os.environ.get("KIT_CONFIG"),
+                        help="model config YAML (default: the kit's packaged config)")
+    parser.add_argument("--parallel", type=int, default=int(os.environ.get("KIT_PARALLEL", 0)) or None,
+                        help="folds side by side (default: one per GPU)")
+    args, extra = parser.parse_known_args(argv)
+    parallel = args.parallel
+    if parallel is None:
+        import torch
+
+        parallel = max(1, torch.cuda.device_count())
+    out = args.out / f"{args.model}-folds"
+    run_step("kit.train_folds", args.model, "--data", args.data, "--out", out,
+             "--parallel", parallel, *(["--config", args.config] if args.config else []), *extra)
+    print(f"fold ensemble: {out / 'ensemble'}")
+    return 0
