@@ -184,3 +184,23 @@ def _environ(pid: int) -> dict:
     except OSError:
         return {}
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def test_cpu_autocast_runs_the_mixed_precision_path(synth_dir, tmp_path):
+    """train.amp_cpu: bfloat16 autocast on CPU. The first step's losses are those of float32
+    to bfloat16's precision, but not identical (autocast was in effect); they stay finite."""
+    losses = {}
+    for name, amp in (("fp32", "false"), ("bf16", "true")):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(TINY_EXACT.format(accumulate=1).replace("max_iters_per_epoch: 3", "max_iters_per_epoch: 2")
+                       + f"  amp_cpu: {amp}\n")
+        out = tmp_path / name
+        done = run_module("kit.train", "maskrcnn", "--data", synth_dir, "--n-folds", 3, "--fold", 0,
+                          "--config", cfg, "--out", out, "--quiet")
+        assert done.returncode == 0, done.stderr[-3000:]
+        stage = next(e for e in _events(out) if e["event"] == "stage")
+        assert stage["autocast"] == ("bfloat16" if amp == "true" else None)
+        losses[name] = [float(r["loss"]) for r in _rows(out / "train_iter.csv")]
+    assert all(np.isfinite(losses["bf16"]))
+    assert losses["bf16"][0] != losses["fp32"][0]
+    np.testing.assert_allclose(losses["bf16"][0], losses["fp32"][0], rtol=0.05)

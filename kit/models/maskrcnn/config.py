@@ -87,7 +87,8 @@ class TrainConfig:
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     steps: tuple[float, ...] = (0.75, 0.9)  # "step": x0.1 at these fractions of the stage
     grad_clip: float = 10.0
-    amp: bool = True                   # mixed precision, on CUDA only
+    amp: bool = True                   # mixed precision on CUDA (float16 + loss scaler)
+    amp_cpu: bool = False              # bfloat16 autocast on CPU (the AMP code path without a GPU)
     crop: int = 0                      # square random crop (network pixels); 0 = whole image
     hflip: bool = True
     vflip: bool = True

@@ -142,8 +142,12 @@ class _Trainer:
         group = self.group
         net = build_network(mcfg).to(self.device)
         opt = _optimizer(net, tcfg)
-        use_amp = tcfg.amp and self.device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        # mixed precision: float16 + a loss scaler on CUDA (train.amp); bfloat16 autocast on CPU
+        # (train.amp_cpu: the same code path where there is no GPU; bfloat16 needs no scaler)
+        cuda = self.device.type == "cuda"
+        use_amp = tcfg.amp if cuda else tcfg.amp_cpu
+        amp_dtype = torch.float16 if cuda else torch.bfloat16
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cuda)
         start_epoch, iteration = 0, 0
         if resume is not None:
             net.load_state_dict(resume["model"])
@@ -167,7 +171,8 @@ class _Trainer:
         total = per_epoch * epochs
         self.log("stage", stage=stage, n_images=len(ds), classes=list(classes), epochs=epochs,
                  iters_per_epoch=per_epoch, start_epoch=start_epoch, device=str(self.device),
-                 processes=group.world, accumulate=tcfg.accumulate)
+                 processes=group.world, accumulate=tcfg.accumulate,
+                 autocast=str(amp_dtype).replace("torch.", "") if use_amp else None)
         params = [p for p in net.parameters() if p.requires_grad]
         nonfinite = 0
         # The Sartorius stage's schedule follows the time left to the deadline too (a stage the
@@ -200,7 +205,7 @@ class _Trainer:
                     # gradients are averaged over ranks by DDP at the last micro batch only
                     sync = j == len(micro) - 1 or not group.distributed
                     with (contextlib.nullcontext() if sync else train_net.no_sync()):
-                        with torch.autocast(device_type=self.device.type, dtype=torch.float16,
+                        with torch.autocast(device_type=self.device.type, dtype=amp_dtype,
                                             enabled=use_amp):
                             losses = train_net(images, targets)
                         loss = sum(losses.values()) / len(micro)
@@ -218,7 +223,7 @@ class _Trainer:
                 grad_norm = float(gn)
                 # With AMP an overflow (inf grad) is the scaler's business: it skips the step
                 # and lowers the scale. Without AMP a non-finite loss or grad skips it here.
-                finite = (math.isfinite(grad_norm) and math.isfinite(loss_value)) or use_amp
+                finite = (math.isfinite(grad_norm) and math.isfinite(loss_value)) or scaler.is_enabled()
                 if finite:
                     scaler.step(opt)
                 scaler.update()
@@ -250,7 +255,8 @@ class _Trainer:
             if group.main:
                 atomic_torch_save({"stage": stage, "epoch": done, "iteration": iteration,
                                    "model": net.state_dict(), "optimizer": opt.state_dict(),
-                                   "scaler": scaler.state_dict() if use_amp else None, "best": best,
+                                   "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                                   "best": best,
                                    "classes": list(classes)}, self.ckpt)
             if out_of_time:
                 self.log("time_budget", stage=stage, epoch=done, of_epochs=epochs,
