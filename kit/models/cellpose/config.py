@@ -24,7 +24,9 @@ CHANNELS = [0, 0]  # grayscale, no nuclear channel (the network still has cellpo
 class TrainConfig:
     epochs: int = 500
     livecell_epochs: int = 0
-    batch_size: int = 8
+    batch_size: int = 8                # crops per optimizer step, over every process (global batch)
+    accumulate: int = 1                # micro batches per step and process (gradient accumulation)
+    sync_bn: bool = False              # BatchNorm statistics over every process (CUDA, several processes)
     bsize: int = 224
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 0.005
@@ -40,9 +42,12 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "save_every"):
+        for name in ("epochs", "batch_size", "accumulate", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.batch_size % self.accumulate:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of accumulate "
+                             f"{self.accumulate}")
         for name in ("livecell_epochs", "warmup_epochs", "min_train_masks", "eval_every",
                      "bn_recalibration_crops"):
             if getattr(self, name) < 0:

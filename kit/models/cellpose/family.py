@@ -20,6 +20,7 @@ from kit.models.family import FitOptions, ModelFamily, cell_type_sections
 
 class CellposeFamily(ModelFamily):
     name = "cellpose"
+    distributed = True
     raw_format = "arrays"
     grids = {
         "cellprob_threshold": (-3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0),

@@ -15,6 +15,8 @@ import numpy as np
 
 from kit import package_versions
 from kit.atomic import atomic_open, atomic_torch_save
+from kit.distributed import SINGLE, micro_batch, rank_batches
+from kit.distributed import current as current_group
 from kit.heap import release_free_memory
 from kit.models import torch_device
 from kit.models.cellpose.config import (CHECKPOINT, CONFIG_COPY, DEFAULT_CONFIG, EPOCH_COLUMNS,
@@ -111,42 +113,68 @@ def _make_optimizer(net, cfg: TrainConfig):
     return torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _crops(data: _ImageSet, inds, diam_mean: float, cfg: TrainConfig, batch=None):
+def _crops(data: _ImageSet, inds, diam_mean: float, cfg: TrainConfig, batch=None, keys=None):
     """Random training crops of images ``inds`` (``batch``: their ``data.batch(inds)``, when
-    already read)."""
+    already read). ``keys``: one seed per image (a list of ints, for ``np.random.seed``): each
+    image's crop is then a function of its key alone, whichever process draws it; without
+    ``keys`` the crops draw on numpy's global generator as it stands."""
     from cellpose import transforms
 
     xs, ys = data.batch(inds) if batch is None else batch
     rescale = np.array([data.diam[i] for i in inds]) / diam_mean
-    imgi, lbl = transforms.random_rotate_and_resize(xs, Y=ys, rescale=rescale,
-                                                    scale_range=cfg.scale_range,
-                                                    xy=(cfg.bsize, cfg.bsize))[:2]
-    return imgi, lbl
+    if keys is None:
+        return tuple(transforms.random_rotate_and_resize(
+            xs, Y=ys, rescale=rescale, scale_range=cfg.scale_range, xy=(cfg.bsize, cfg.bsize))[:2])
+    parts = []
+    for x, y, r, key in zip(xs, ys, rescale, keys):
+        np.random.seed(key)
+        parts.append(transforms.random_rotate_and_resize(
+            [x], Y=[y], rescale=np.array([r]), scale_range=cfg.scale_range,
+            xy=(cfg.bsize, cfg.bsize))[:2])
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _train_epoch(net, opt, data: _ImageSet, lr: float, diam_mean: float, cfg: TrainConfig) -> tuple:
+def _train_epoch(net, opt, data: _ImageSet, lr: float, diam_mean: float, cfg: TrainConfig,
+                 epoch: int = 0, train_net=None, group=SINGLE) -> tuple:
+    """One epoch: ``(mean loss per crop, crops)`` over every process. ``train_net``: ``net``
+    wrapped for several processes (DistributedDataParallel; None: ``net``). A global step takes
+    ``cfg.batch_size`` crops of the epoch's order (:func:`kit.distributed.rank_batches`), each
+    crop seeded by (seed, epoch, its position in the order), so the steps are the same whatever
+    the number of processes and ``cfg.accumulate``."""
+    import contextlib
+
     import torch
 
+    train_net = net if train_net is None else train_net
     n = len(data)
     if cfg.nimg_per_epoch is None or cfg.nimg_per_epoch == n:
         order = np.random.permutation(n)
     else:
         order = np.random.choice(n, size=cfg.nimg_per_epoch, replace=True)
-    for group in opt.param_groups:
-        group["lr"] = lr
-    net.train()
-    total, count = 0.0, 0
-    for inds, batch in data.batches(order[k:k + cfg.batch_size]
-                                    for k in range(0, len(order), cfg.batch_size)):
-        imgi, lbl = _crops(data, inds, diam_mean, cfg, batch)
-        y = net(torch.from_numpy(imgi).to(net.device))[0]
-        loss = seg_loss(lbl, y)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    train_net.train()
+    steps = rank_batches(range(len(order)), cfg.batch_size, group, cfg.accumulate)
+    micro = [[int(order[q]) for q in m] for step in steps for m in step]
+    keys = [[[cfg.seed, epoch, q] for q in m] for step in steps for m in step]
+    reads = data.batches(micro)
+    total, count, k = 0.0, 0, 0
+    for step in steps:
         opt.zero_grad()
-        loss.backward()
+        for j in range(len(step)):
+            inds, batch = next(reads)
+            imgi, lbl = _crops(data, inds, diam_mean, cfg, batch, keys[k])
+            k += 1
+            sync = j == len(step) - 1 or not group.distributed
+            with (contextlib.nullcontext() if sync else train_net.no_sync()):
+                y = train_net(torch.from_numpy(imgi).to(net.device))[0]
+                loss = seg_loss(lbl, y)
+                (loss / len(step)).backward()
+            total += float(loss.item()) * len(inds)
+            count += len(inds)
         opt.step()
-        total += float(loss.item()) * len(inds)
-        count += len(inds)
-    return total / max(count, 1), count
+    total, count = group.mean([total, count])
+    return total / max(count, 1e-12), int(round(count * group.world))
 
 
 def _val_loss(net, data: _ImageSet, diam_mean: float, cfg: TrainConfig) -> float:
@@ -219,6 +247,8 @@ class _Run:
     opt_state: dict | None = None  # optimiser state restored from the checkpoint
     seconds_before: float = 0.0   # training seconds of earlier calls (resume)
     stopped: str | None = None    # why training stopped early ("time budget", "epoch budget")
+    group: object = SINGLE        # the processes training together (kit.distributed)
+    train_net: object = None      # ``net`` wrapped for several processes (None: one process)
 
     @property
     def stages(self) -> list:
@@ -275,22 +305,44 @@ def fit(train_records, val_records, out_dir, options: FitOptions = FitOptions(),
     log = log or (lambda event, **fields: None)
     pretrained = _check_start(out, cfg, options, list(train_records))
 
+    group = current_group()
     device = torch_device("auto")
+    if device.type == "cuda" and group.distributed:
+        device = torch.device("cuda", group.local_rank)
+    micro_batch(cfg.train.batch_size, group.world, cfg.train.accumulate)  # ValueError if it does not divide
     data, pre, val = _load_data(train_records, val_records, options.livecell, cfg, device,
-                                options.progress, log)
+                                options.progress and group.main, log)
     torch_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.train.seed)  # the random initial weights, too, are a function of the seed
     run = _Run(cfg, out, data, pre, val, _new_cellpose_model(cfg.diam_mean, inference=False).net,
-               device, pretrained)
+               device, pretrained, group=group)
     np_state = np.random.get_state()
     try:
         _restore(run, options.resume, log)
+        run.train_net = _wrap(run.net, cfg.train, device, group)
         seconds = _train_stages(run, options, log)
     finally:
         np.random.set_state(np_state)  # the caller's random streams are left as they were
         torch.random.set_rng_state(torch_state)
+    if not group.main:
+        return None  # rank 0 writes the model folder and returns the model
     _write_model_folder(run, seconds, config_path, log)
     return CellposeSegmenter.load(out)
+
+
+def _wrap(net, tcfg: TrainConfig, device, group):
+    """``net`` for training in several processes: SyncBatchNorm when ``train.sync_bn`` (CUDA),
+    then DistributedDataParallel; None with one process (``net`` trains as it is)."""
+    import torch
+
+    if not group.distributed:
+        return None
+    if tcfg.sync_bn:
+        if device.type != "cuda":
+            raise ValueError("train.sync_bn needs CUDA (torch's SyncBatchNorm runs on GPUs only)")
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
 
 def _check_start(out: Path, cfg: CellposeConfig, options: FitOptions, train_records) -> Path | None:
@@ -362,14 +414,14 @@ def _train_stages(run: _Run, options: FitOptions, log: Callable) -> float:
     call's plus earlier calls')."""
     from tqdm import tqdm
 
-    cfg, tcfg = run.cfg, run.cfg.train
-    epoch_log = _EpochLog(run.out / EPOCH_LOG, keep_through=run.done)
+    cfg, tcfg, group = run.cfg, run.cfg.train, run.group
+    epoch_log = _EpochLog(run.out / EPOCH_LOG, keep_through=run.done) if group.main else None
     total = run.total_epochs
     t0 = time.time()
     clock = BudgetClock(options.time_budget_s, now=t0)
     ran = 0
     bar = tqdm(total=total, initial=run.done, desc="cellpose epochs", unit="ep",
-               disable=not options.progress)
+               disable=not (options.progress and group.main))
     try:
         start = 0
         for stage, n_epochs, stage_data in run.stages:
@@ -387,7 +439,8 @@ def _train_stages(run: _Run, options: FitOptions, log: Callable) -> float:
                 _seed_all(tcfg.seed, g)
                 # With a time budget the end-of-run decay happens in the budget's last fifth.
                 lr = float(rates[g - start]) * halving_tail(clock.fraction())
-                loss, n_crops = _train_epoch(run.net, opt, stage_data, lr, cfg.diam_mean, tcfg)
+                loss, n_crops = _train_epoch(run.net, opt, stage_data, lr, cfg.diam_mean, tcfg,
+                                             epoch=g, train_net=run.train_net, group=group)
                 release_free_memory()  # the epoch's freed heap (kit.heap)
                 if not math.isfinite(loss):
                     raise RuntimeError(f"training diverged: loss is {loss} at epoch {g + 1}; "
@@ -395,18 +448,22 @@ def _train_stages(run: _Run, options: FitOptions, log: Callable) -> float:
                 vloss = ""
                 if run.val is not None and len(run.val) and ((g + 1) % tcfg.eval_every == 0
                                                              or g + 1 == end):
-                    vloss = round(_val_loss(run.net, run.val, cfg.diam_mean, tcfg), 6)
+                    if group.main:  # the monitoring loss: rank 0 alone, the others wait
+                        vloss = round(_val_loss(run.net, run.val, cfg.diam_mean, tcfg), 6)
+                    group.barrier()
                 run.done, ran = g + 1, ran + 1
                 elapsed = run.seconds_before + time.time() - t0
-                epoch_log.write(epoch=run.done, stage=stage, stage_epoch=g + 1 - start,
-                                lr=lr, train_loss=round(loss, 6),
-                                val_loss=vloss, seconds=round(time.time() - t_ep, 2),
-                                n_crops=n_crops)
+                if epoch_log is not None:
+                    epoch_log.write(epoch=run.done, stage=stage, stage_epoch=g + 1 - start,
+                                    lr=lr, train_loss=round(loss, 6),
+                                    val_loss=vloss, seconds=round(time.time() - t_ep, 2),
+                                    n_crops=n_crops)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}")
-                over_time = clock.spent()
+                over_time = group.any(clock.spent())
                 over_count = options.stop_after_epochs is not None and ran >= options.stop_after_epochs
-                if run.done % tcfg.save_every == 0 or run.done == end or over_time or over_count:
+                if group.main and (run.done % tcfg.save_every == 0 or run.done == end
+                                   or over_time or over_count):
                     run.save_checkpoint(opt if run.done < end else None, elapsed)
                 if (over_time or over_count) and run.done < total:
                     run.stopped = "time budget" if over_time else "epoch budget"
