@@ -79,3 +79,18 @@ def test_step_time_reads_both_trees_step_logs(tmp_path):
     assert step_seconds("maskrcnn", tmp_path / "mr") == [4.5, 5.5, 6.5]
     tree = unpack("HEAD", tmp_path / "head")
     assert (tree / "kit" / "train.py").is_file() and (tree / "kit" / "configs" / "cellpose_cpu.yaml").is_file()
+
+
+def test_processes_benchmark_configs_fix_the_global_batch(tmp_path):
+    """benchmarks.processes: the CPU configs with a fixed amount of training and one global
+    batch for 1 process x N threads and N processes alike."""
+    from benchmarks.processes import CORES, config_file
+    from kit.models.registry import family
+
+    path, per_step = config_file("maskrcnn", 5, tmp_path / "m.yaml")
+    cfg = family("maskrcnn").load_config(path)
+    assert per_step == CORES == cfg.train.batch_size and cfg.train.max_iters_per_epoch == 5
+    path, per_step = config_file("cellpose", 5, tmp_path / "c.yaml")
+    cfg = family("cellpose").load_config(path)
+    assert per_step == 8 == cfg.train.batch_size and cfg.train.nimg_per_epoch == 40
+    assert not cfg.size_model.enabled
