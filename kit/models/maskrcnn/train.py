@@ -165,6 +165,9 @@ class _Trainer:
                              seed=tcfg.seed)
         micro_batch(tcfg.batch_size, group.world, tcfg.accumulate)  # a ValueError if it does not divide
         train_net = self._wrap(net)
+        if group.distributed:  # the same weights everywhere (DDP broadcast rank 0's); each rank
+            # its own stream for what it draws while training (the RPN / ROI samplers' orders)
+            torch.manual_seed(tcfg.seed * 1000 + 7919 * group.rank)
         per_epoch = math.ceil(len(ds) / tcfg.batch_size)
         if tcfg.max_iters_per_epoch:
             per_epoch = min(per_epoch, tcfg.max_iters_per_epoch) if per_epoch else 0
