@@ -27,6 +27,11 @@ Every model goes through the same steps, so their numbers compare:
 
 The run folder also gets ``params.json`` (the command's arguments) and ``train.log`` (one
 JSON object per line, :class:`kit.runlog.RunLog`).
+
+``torchrun --nproc_per_node N -m kit.train MODEL ...`` trains a family that can
+(:attr:`~kit.models.family.ModelFamily.distributed`: Mask R-CNN, Cellpose) in N processes
+(:mod:`kit.distributed`): every rank reads and checks the inputs, rank 0 alone does steps 1-3
+and 5-6 and writes; the others join step 4 and end with it.
 """
 from __future__ import annotations
 
