@@ -18,7 +18,9 @@ Step seconds: Cellpose = an epoch's seconds / its batches (``epochs.csv``), Mask
 seconds of each iteration (``train_iter.csv``); the median over the steps after the first
 epoch (Cellpose) or the first 3 iterations (Mask R-CNN). Printed per model: step seconds,
 data-preparation seconds, whole-run seconds and peak RSS of the three runs, and the ratio of
-steps per second now / ref (>= 1: no slower). The load average is printed: the machine is shared.
+steps per second now / ref (>= 1: no slower). ``--repeats R`` runs ref and now R times each,
+alternating, and the ratio is that of their median steps (one run's median step moves by up to
+20 % between identical runs here). The load average is printed: the machine is shared.
 """
 from __future__ import annotations
 
@@ -92,6 +94,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="competition directory")
     parser.add_argument("--models", nargs="+", default=["cellpose", "maskrcnn"], choices=sorted(EPOCHS))
     parser.add_argument("--images", type=int, default=32, help="training images")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of ref and now each, alternating (the ratio of their median steps)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     try:
@@ -112,13 +116,19 @@ def main(argv=None) -> int:
             rows = {"ref": one_run(model, old, data, tmp / f"{model}_ref", env),
                     "first": one_run(model, REPO, data, tmp / f"{model}_first", env),
                     "now": one_run(model, REPO, data, tmp / f"{model}_now", env)}
-            ratio = rows["ref"]["step_s"] / rows["now"]["step_s"]
+            for k in range(2, max(1, args.repeats) + 1):
+                rows[f"ref {k}"] = one_run(model, old, data, tmp / f"{model}_ref{k}", env)
+                rows[f"now {k}"] = one_run(model, REPO, data, tmp / f"{model}_now{k}", env)
+            ref_s = statistics.median(r["step_s"] for n, r in rows.items() if n.startswith("ref"))
+            now_s = statistics.median(r["step_s"] for n, r in rows.items() if n.startswith("now"))
+            ratio = ref_s / now_s
             results[model] = {**rows, "steps_per_s_now_over_ref": round(ratio, 3)}
             for name, r in rows.items():
                 print(f"  {model:<9} {name:<6} step {r['step_s']:6.2f} s (median of {r['n_steps']})  "
                       f"data preparation {r['prep_s'] if r['prep_s'] is not None else '-':>5} s  "
                       f"run {r['run_s']:6.1f} s  peak RSS {r['peak_rss_mb']:7.1f} MB", flush=True)
-            print(f"  {model:<9} steps per second now / ref: {ratio:.3f}", flush=True)
+            print(f"  {model:<9} steps per second now / ref: {ratio:.3f} (median steps "
+                  f"{now_s:.2f} s now, {ref_s:.2f} s ref)", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"ref": args.ref, "results": results}, indent=1))
     return 0
