@@ -1,5 +1,12 @@
 """Cellpose training: the epoch loop on cellpose's network, loss and augmentation, exact resume
-from ``checkpoint.pt``, BatchNorm recalibration, the SizeModel and the model folder."""
+from ``checkpoint.pt``, BatchNorm recalibration, the SizeModel and the model folder.
+
+Under torchrun (:mod:`kit.distributed`) every rank runs the epoch loop on its share of each
+global batch (``train.batch_size`` crops, ``train.accumulate`` micro batches per rank) through
+DistributedDataParallel; each crop's augmentation is seeded by (seed, epoch, its position in
+the epoch's order), so a step trains on the same crops whatever the number of processes. Rank 0
+alone writes ``epochs.csv`` and checkpoints, computes the validation loss, and recalibrates
+BatchNorm, fits the SizeModel and writes the model folder after training."""
 from __future__ import annotations
 
 import csv

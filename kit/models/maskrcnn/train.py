@@ -9,8 +9,11 @@ stage. Nothing is downloaded.
 
 Per iteration: flips/rot90 + multi-scale (+ optional random crop) samples
 (:mod:`kit.models.maskrcnn.data`), SGD or AdamW with linear warm-up then cosine/step decay,
-AMP on CUDA, gradient clipping; a non-finite loss skips the step (``max_nonfinite`` in a row
-abort the run). Files in ``--out``:
+AMP on CUDA (bfloat16 autocast on CPU with ``train.amp_cpu``), gradient clipping; a
+non-finite loss skips the step (``max_nonfinite`` in a row abort the run). A step's global batch
+is ``train.batch_size`` images: ``train.accumulate`` micro batches per process, and under
+torchrun (:mod:`kit.distributed`) every rank trains its share through DistributedDataParallel
+while rank 0 alone logs, validates and writes. Files in ``--out``:
 
 * ``train_iter.csv`` -- one row per iteration: stage, epoch, iteration, lr, every loss, grad
   norm, finite flag, instances in the batch, seconds;
