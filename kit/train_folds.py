@@ -164,7 +164,7 @@ def run(args, extra: list[str]) -> int:
 
     from kit import cv, metric
     from kit.data import make_folds, read_competition_dir, read_folds_csv, write_folds_csv
-    from kit.models.ensemble import make_ensemble
+    from kit.models.registry import family
 
     t0 = time.perf_counter()
 
@@ -239,7 +239,7 @@ def run(args, extra: list[str]) -> int:
     state["oof_map"] = overall.map
     members = [(str(fold_dir(args.out, k)), 1.0) for k in fold_ids]
     tta = [t.strip() for t in args.tta.split(",") if t.strip()]
-    make_ensemble(args.out / "ensemble", members, tta)
+    family("ensemble").make(args.out / "ensemble", members, tta)
     state["ensemble"] = {"folder": "ensemble", "members": [f"fold{k}" for k in fold_ids], "tta": tta}
     _write_summary(summary_path, state)
     print(cv.format_table(overall))
