@@ -18,7 +18,8 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
-__all__ = ["Group", "SINGLE", "start", "current", "finish", "rank_batches", "micro_batch"]
+__all__ = ["Group", "SINGLE", "start", "current", "finish", "rank_batches", "micro_batch",
+           "parallel_env"]
 
 # How long a rank waits in a collective (rank 0 validates while the others wait at a barrier).
 TIMEOUT_MIN = float(os.environ.get("KIT_DIST_TIMEOUT_MIN", "60"))
@@ -119,6 +120,15 @@ def finish() -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
     _current = SINGLE
+
+
+def parallel_env(n_parallel: int) -> tuple[int, dict]:
+    """``(threads, environment)`` for one of ``n_parallel`` independent processes run side by
+    side on CPU (folds, models): the cores shared out (>= 1 thread each) and ``os.environ`` with
+    OMP/MKL pinned to them. Single-threaded runs side by side do about twice the steps of one
+    after the other on 2 cores."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, n_parallel))
+    return threads, {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def micro_batch(batch_size: int, world: int, accumulate: int) -> int:

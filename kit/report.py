@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -130,15 +129,6 @@ def finished_run_matches(plan: Plan, model: str) -> bool:
             and params.get("time_budget") == plan.budgets.get(model) and same_cfg)
 
 
-def parallel_env(n_parallel: int) -> tuple[int, dict]:
-    """``(threads, environment)`` for one of ``n_parallel`` processes run side by side: the
-    CPU cores shared out (>= 1 thread each) and ``os.environ`` with OMP/MKL pinned to them.
-    Single-threaded runs side by side do about twice the steps of one after the other on 2
-    cores."""
-    threads = max(1, (os.cpu_count() or 1) // max(1, n_parallel))
-    return threads, {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-
-
 def train_models(plan: Plan, say: Progress) -> dict[str, dict]:
     """Stage 1: ``{model: {"reused": bool, "seconds": wall}}``; raises RuntimeError naming the
     log of a failed run."""
@@ -149,6 +139,8 @@ def train_models(plan: Plan, say: Progress) -> dict[str, dict]:
             for m in plan.models if m not in todo}
     for m in info:
         say(f"train {m}: reused the finished run in {plan.out / 'models' / m}")
+    from kit.distributed import parallel_env
+
     threads, env = parallel_env(min(plan.parallel, len(todo)))
 
     def run(model: str) -> tuple[str, float]:

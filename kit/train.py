@@ -249,6 +249,7 @@ def _main(argv=None) -> int:
     from kit.atomic import atomic_open
     from kit.data import inner_split, write_folds_csv
     from kit.errors import one_line
+    from kit.models.family import _no_log
     from kit.models.registry import family
 
     # Everything is read and checked first: a bad input leaves nothing behind.
@@ -268,7 +269,7 @@ def _main(argv=None) -> int:
     if not group.main:  # the other ranks train alongside rank 0, which writes everything
         group.barrier()  # rank 0 has prepared the run folder
         try:
-            fam.fit(fit_train, val, args.out, options, lambda event, **fields: None)
+            fam.fit(fit_train, val, args.out, options, _no_log)
         finally:
             distributed.finish()
         return 0

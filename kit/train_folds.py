@@ -33,6 +33,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from kit.distributed import parallel_env
+
 SUMMARY = "train_folds.json"
 # kit.train options this command sets itself
 OWN_OPTIONS = ("--fold", "--folds", "--out", "--n-folds", "--data", "--resume")
@@ -67,8 +69,7 @@ def _run_fold(args, extra: list[str], fold: int, slot: int, n_slots: int, say) -
     if gpus and n_slots > 1:
         env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot % len(gpus)])
     elif n_slots > 1:
-        threads = str(max(1, (os.cpu_count() or 1) // n_slots))
-        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        env = parallel_env(n_slots)[1]
     log = args.out / "logs" / f"fold{fold}.log"
     say(f"fold {fold}: training (log {log})")
     t0 = time.perf_counter()
@@ -202,7 +203,7 @@ def run(args, extra: list[str]) -> int:
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     write_folds_csv(folds, args.out / "folds.csv")
     state = {"command": command, "folds": {}}
-    _write_summary(summary_path, state)
+    cv.write_json_atomic(state, summary_path)
     say(f"{args.model}: {len(train)} train images in {len(fold_ids)} folds -> {args.out}")
 
     todo = [k for k in fold_ids if not _finished(args.out, k)]
@@ -226,7 +227,7 @@ def run(args, extra: list[str]) -> int:
             pace = f", {count} {unit}s at a median {per:.2f} s" if per else ""
             say(f"fold {k}: done in {info['minutes']:.1f} min{pace}; "
                 f"{len(todo) - done} fold(s) left, about {left:.0f} min at this pace")
-            _write_summary(summary_path, state)
+            cv.write_json_atomic(state, summary_path)
 
     merge_oof(args.out, fold_ids, [r.id for r in train])
     preds = cv.load_predictions(args.out / "oof.csv")
@@ -241,19 +242,13 @@ def run(args, extra: list[str]) -> int:
     tta = [t.strip() for t in args.tta.split(",") if t.strip()]
     family("ensemble").make(args.out / "ensemble", members, tta)
     state["ensemble"] = {"folder": "ensemble", "members": [f"fold{k}" for k in fold_ids], "tta": tta}
-    _write_summary(summary_path, state)
+    cv.write_json_atomic(state, summary_path)
     print(cv.format_table(overall))
     print("per fold (each on its own held-out fold): "
           + ", ".join(f"fold {k} {state['folds'][str(k)]['map']:.4f}" for k in fold_ids))
     print(f"out of fold over all {len(train)} train images: MAP {overall.map:.4f}  ({args.out / 'oof.csv'})")
     print(f"fold ensemble (the submission model): {args.out / 'ensemble'}")
     return 0
-
-
-def _write_summary(path: Path, state: dict) -> None:
-    from kit.cv import write_json_atomic
-
-    write_json_atomic(state, path)
 
 
 def main(argv=None) -> int:

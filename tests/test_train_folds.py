@@ -8,6 +8,15 @@ import pytest
 from tests.conftest import TINY_MASKRCNN, run_module
 
 
+def _assert_writes_a_valid_submission(model, synth_dir, tmp_path):
+    """kit.predict with ``model`` on the synthetic test images, then kit.submission's check."""
+    sub = tmp_path / "submission.csv"
+    done = run_module("kit.predict", "--model", model, "--images", synth_dir / "test",
+                      "--out", sub, "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert run_module("kit.submission", sub, "--data", synth_dir).returncode == 0
+
+
 def _ids(path) -> list[str]:
     with open(path, newline="") as f:
         return list(dict.fromkeys(row[0] for row in list(csv.reader(f))[1:]))
@@ -46,11 +55,7 @@ def test_fold_ensemble_is_the_submission_model(baseline_folds, synth_dir, tmp_pa
     out, _ = baseline_folds
     doc = json.loads((out / "ensemble" / "model.json").read_text())
     assert doc["type"] == "ensemble"
-    sub = tmp_path / "submission.csv"
-    done = run_module("kit.predict", "--model", out / "ensemble", "--images", synth_dir / "test",
-                      "--out", sub, "--quiet")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert run_module("kit.submission", sub, "--data", synth_dir).returncode == 0
+    _assert_writes_a_valid_submission(out / "ensemble", synth_dir, tmp_path)
 
 
 def test_rerun_reuses_folds_and_refuses_another_command(baseline_folds, synth_dir):
@@ -84,11 +89,7 @@ def test_learned_model_all_folds_end_to_end(synth_dir, tmp_path):
     assert params["config"] == str(config) and params["fold"] == 1
     ens = json.loads((out / "ensemble" / "model.json").read_text())
     assert ens["config"]["tta"] == ["id", "hflip"] and len(ens["config"]["members"]) == 2
-    sub = tmp_path / "submission.csv"
-    done = run_module("kit.predict", "--model", out / "ensemble", "--images", synth_dir / "test",
-                      "--out", sub, "--quiet")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert run_module("kit.submission", sub, "--data", synth_dir).returncode == 0
+    _assert_writes_a_valid_submission(out / "ensemble", synth_dir, tmp_path)
 
 
 def test_all_folds_kernel_function_runs_locally(synth_dir, tmp_path):

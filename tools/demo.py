@@ -88,12 +88,12 @@ class Steps:
     def side_by_side(self, jobs: list[tuple[str, list, Path]],
                      status_every: float = 60.0) -> list[float]:
         """Run ``jobs`` (title, ``python -m`` arguments, run folder) at the same time, the CPU
-        cores shared out among them (:func:`kit.report.parallel_env`), each with its own log
+        cores shared out among them (:func:`kit.distributed.parallel_env`), each with its own log
         (``OUT/logs/step<N>.log``, appended to the demo log when it ends). The screen gets a line per start and end and, every
         ``status_every`` seconds, each run's latest epoch (:func:`training_status`). Returns
         the seconds of each job; the first failure stops the others and ends the demo as in
         :meth:`run`."""
-        from kit.report import parallel_env
+        from kit.distributed import parallel_env
 
         logs = self.log.parent / "logs"
         logs.mkdir(exist_ok=True)

@@ -45,7 +45,7 @@ from kit.distributed import SINGLE, micro_batch, rank_batches
 from kit.distributed import current as current_group
 from kit.heap import release_free_memory
 from kit.models import torch_device
-from kit.models.family import FitOptions
+from kit.models.family import FitOptions, _no_log
 from kit.models.livecell import livecell_classes
 from kit.models.maskrcnn.config import MaskRCNNConfig, load_config
 from kit.models.maskrcnn.model import MaskRCNNModel
@@ -97,10 +97,6 @@ def _optimizer(net, tcfg):
 
 
 def _no_row(**row) -> None:
-    pass
-
-
-def _no_log(event: str, **fields) -> None:
     pass
 
 
