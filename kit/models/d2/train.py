@@ -222,6 +222,25 @@ def _trainer(cfg, run: _Run):
     return KitTrainer(cfg)
 
 
+def _stage_trainer(cfg, dataset: str, output_dir: Path, run: _Run, resume: bool):
+    """detectron2's trainer of one stage: ``cfg`` (not yet frozen) set to train on the
+    registered ``dataset`` with checkpoints in ``output_dir`` and the kit's validation instead of
+    detectron2's, then frozen; weights seeded, then loaded: the stage's last checkpoint when
+    ``resume`` and one is there, else ``cfg.MODEL.WEIGHTS``."""
+    import torch
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cfg.OUTPUT_DIR = str(output_dir)
+    cfg.DATASETS.TRAIN = (dataset,)
+    cfg.DATASETS.TEST = ()
+    cfg.TEST.EVAL_PERIOD = 0      # the kit's ValidationHook evaluates
+    cfg.freeze()
+    torch.manual_seed(max(cfg.SEED, 0))
+    trainer = _trainer(cfg, run)
+    trainer.resume_or_load(resume=resume and (output_dir / "last_checkpoint").is_file())
+    return trainer
+
+
 def _pretrained_file(path) -> str:
     p = Path(path)
     if p.is_dir():
@@ -235,8 +254,6 @@ def _livecell_stage(config, cfg, records, out: Path, options: FitOptions, log,
                     clock: BudgetClock) -> str:
     """Train the LIVECell stage (module doc) unless a resumed run has it done already; returns
     the path of its weights, ``out/livecell_model.pth``."""
-    import torch
-
     from kit.atomic import atomic_torch_save
     from kit.models.d2.data import register
     from kit.models.livecell import livecell_classes
@@ -253,16 +270,9 @@ def _livecell_stage(config, cfg, records, out: Path, options: FitOptions, log,
                                           / lc.SOLVER.IMS_PER_BATCH))
     if config.train.livecell_max_iter:
         lc.SOLVER.MAX_ITER = min(lc.SOLVER.MAX_ITER, config.train.livecell_max_iter)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    lc.OUTPUT_DIR = str(stage_dir)
-    lc.DATASETS.TRAIN = (register(records, names, "livecell", lambda r: label[r.id] - 1),)
-    lc.DATASETS.TEST = ()
-    lc.TEST.EVAL_PERIOD = 0
-    lc.freeze()
-    torch.manual_seed(max(lc.SEED, 0))
     run = _Run(config, lc, out, [], len(records), log, clock, stage="livecell", cosine=False)
-    trainer = _trainer(lc, run)
-    trainer.resume_or_load(resume=options.resume and (stage_dir / "last_checkpoint").is_file())
+    trainer = _stage_trainer(lc, register(records, names, "livecell", lambda r: label[r.id] - 1),
+                             stage_dir, run, options.resume)
     log("stage", stage="livecell", n_images=len(records), classes=names, max_iter=lc.SOLVER.MAX_ITER,
         start_iter=trainer.start_iter, iters_per_epoch=run.iterations_per_epoch())
     trainer.train()
@@ -276,8 +286,6 @@ def fit(train_records, val_records, out: Path, options: FitOptions = FitOptions(
     """The family protocol's ``fit`` (module doc). ``options.config``: a
     :class:`Detectron2Config`, a YAML path or None (``kit/configs/detectron2.yaml``)."""
     require_detectron2()
-    import torch
-
     from kit.models import torch_device
     from kit.models.d2.data import register
 
@@ -312,17 +320,11 @@ def fit(train_records, val_records, out: Path, options: FitOptions = FitOptions(
         log("livecell_skipped", reason="train.livecell_epochs is 0")
     elif livecell:
         cfg.MODEL.WEIGHTS = _livecell_stage(config, cfg, livecell, out, options, log, clock)
-    cfg.OUTPUT_DIR = str(checkpoints)
-    cfg.DATASETS.TRAIN = (register(train_records, config.classes),)
-    cfg.DATASETS.TEST = ()
-    cfg.TEST.EVAL_PERIOD = 0      # the kit's ValidationHook evaluates
-    cfg.freeze()
-    torch.manual_seed(max(cfg.SEED, 0))
     left = None if clock.budget_s is None else max(clock.budget_s * (1.0 - clock.fraction()), 0.0)
     run = _Run(config, cfg, out, val_records, len(train_records), log,
                clock if not livecell else BudgetClock(left))
-    trainer = _trainer(cfg, run)
-    trainer.resume_or_load(resume=options.resume and (checkpoints / "last_checkpoint").is_file())
+    trainer = _stage_trainer(cfg, register(train_records, config.classes), checkpoints, run,
+                             options.resume)
     log("stage", stage="sartorius", n_images=len(train_records), classes=list(config.classes),
         init=cfg.MODEL.WEIGHTS or None,
         max_iter=cfg.SOLVER.MAX_ITER, start_iter=trainer.start_iter,
