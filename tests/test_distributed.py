@@ -137,30 +137,33 @@ cell_types:
 
 def test_cellpose_two_processes_equal_one_process_with_the_same_global_batch(synth_dir, tmp_path):
     """Cellpose, 2 gloo processes x 2 crops against 1 process x 2 accumulated micro batches of 2
-    (global batch 4; 6 crops an epoch, so the last step is filled up): the same epoch losses and
-    the same weights after 2 epochs; rank 0 alone wrote epochs.csv and the model folder."""
+    (global batch 4; 6 crops an epoch, so the last step is filled up). Each run stops at its time
+    budget after epoch 1 and is resumed to epoch 2 (``--resume`` under torchrun): the same epoch
+    losses and the same weights after each call; rank 0 alone wrote epochs.csv, the log and the
+    model folder."""
     torch = pytest.importorskip("torch")
-    runs = {}
-    for name, accumulate, processes in (("one", 2, 1), ("two", 1, 2)):
-        cfg = tmp_path / f"{name}.yaml"
-        cfg.write_text(CELLPOSE_EXACT.format(accumulate=accumulate))
-        out = tmp_path / name
-        args = ["kit.train", "cellpose", "--data", synth_dir, "--n-folds", 3, "--fold", 0,
-                "--config", cfg, "--out", out, "--quiet"]
-        done = torchrun(*args, n=processes) if processes > 1 else run_module(*args)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-        runs[name] = out
-    rows = {k: _rows(v / "epochs.csv") for k, v in runs.items()}
-    assert [r["epoch"] for r in rows["two"]] == ["1", "2"]
-    assert [r["n_crops"] for r in rows["two"]] == [r["n_crops"] for r in rows["one"]] == ["8", "8"]
-    np.testing.assert_allclose([float(r["train_loss"]) for r in rows["two"]],
-                               [float(r["train_loss"]) for r in rows["one"]], rtol=1e-5)
-    w1 = torch.load(runs["one"] / "checkpoint.pt", weights_only=True)["net"]
-    w2 = torch.load(runs["two"] / "checkpoint.pt", weights_only=True)["net"]
-    for k, v in w1.items():
-        if v.is_floating_point() and "running_" not in k:
-            torch.testing.assert_close(w2[k], v, rtol=1e-5, atol=1e-6)
-    assert [e["event"] for e in _events(runs["two"])].count("cellpose_train") == 1
+    runs = {name: tmp_path / name for name in ("one", "two")}
+    for epochs, extra in ((1, ("--time-budget", 0)), (2, ("--resume",))):
+        for name, accumulate, processes in (("one", 2, 1), ("two", 1, 2)):
+            cfg = tmp_path / f"{name}.yaml"
+            cfg.write_text(CELLPOSE_EXACT.format(accumulate=accumulate))
+            args = ["kit.train", "cellpose", "--data", synth_dir, "--n-folds", 3, "--fold", 0,
+                    "--config", cfg, "--out", runs[name], "--quiet", *extra]
+            done = torchrun(*args, n=processes) if processes > 1 else run_module(*args)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+        rows = {k: _rows(v / "epochs.csv") for k, v in runs.items()}
+        assert [r["epoch"] for r in rows["two"]] == [str(e) for e in range(1, epochs + 1)]
+        assert [r["n_crops"] for r in rows["two"]] == [r["n_crops"] for r in rows["one"]] == ["8"] * epochs
+        np.testing.assert_allclose([float(r["train_loss"]) for r in rows["two"]],
+                                   [float(r["train_loss"]) for r in rows["one"]], rtol=1e-5)
+        w1 = torch.load(runs["one"] / "checkpoint.pt", weights_only=True)
+        w2 = torch.load(runs["two"] / "checkpoint.pt", weights_only=True)
+        assert w1["epoch"] == w2["epoch"] == epochs
+        for k, v in w1["net"].items():
+            if v.is_floating_point() and "running_" not in k:
+                torch.testing.assert_close(w2["net"][k], v, rtol=1e-5, atol=1e-6)
+    events = [e["event"] for e in _events(runs["two"])]
+    assert events.count("cellpose_train") == 2 and events.count("cellpose_resume") == 1
     assert (runs["two"] / "model.json").is_file() and (runs["two"] / "oof_score.json").is_file()
 
 
