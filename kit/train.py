@@ -8,6 +8,7 @@ Every model goes through the same steps, so their numbers compare:
 1. read the competition directory (:mod:`kit.data`; train.csv + train/ is enough); folds from
    ``--folds`` or made by ``make_folds`` (grouped by sample, stratified by cell type; an image
    without a sample_id is a group of its own, with a warning) and written to ``folds.csv``;
+   ``--set-aside K`` leaves fold K out of the run altogether (a final test kept for later);
 2. for a family that uses validation images (:meth:`~kit.models.family.ModelFamily.wants_validation`,
    e.g. Mask R-CNN choosing its best epoch), set aside an inner validation split of the
    training folds (``--val-fraction``, grouped by sample: :func:`kit.data.inner_split`),
@@ -128,9 +129,13 @@ def fit_options(args):
                       time_budget_s=None if args.time_budget is None else 60.0 * args.time_budget)
 
 
-def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed: int):
-    """(train records, held-out records, {id: fold} of every train image) of ``fold``; reads
-    only (the caller writes ``folds.csv`` once every input is known to be good)."""
+def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed: int,
+               set_aside: int | None = None):
+    """(train records, held-out records, {id: fold} of every image the run uses) of ``fold``;
+    reads only (the caller writes ``folds.csv`` once every input is known to be good).
+
+    ``set_aside``: a fold whose images the run leaves out altogether (neither trained on,
+    validated nor scored; absent from the returned folds), a final test kept for later."""
     from kit.data import make_folds, read_competition_dir, read_folds_csv, split_by_fold
 
     records = read_competition_dir(data).train
@@ -144,8 +149,17 @@ def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed
                   "(images of one sample may straddle folds). Pass --folds CSV for real groups.",
                   file=sys.stderr)
         folds = make_folds(records, n_folds, seed, unknown_sample_alone=True)
+    source = str(folds_csv or "the folds")
+    if set_aside is not None:
+        if set_aside == fold:
+            raise ValueError(f"--set-aside {set_aside}: it is the --fold this run holds out; set "
+                             "aside another fold")
+        try:
+            records, _ = split_by_fold(records, folds, set_aside, source)
+        except ValueError as err:
+            raise ValueError(f"--set-aside {set_aside}: {err}") from None
     try:
-        train, held_out = split_by_fold(records, folds, fold, str(folds_csv or "the folds"))
+        train, held_out = split_by_fold(records, folds, fold, source)
     except ValueError as err:
         raise ValueError(f"--fold {fold}: {err}") from None
     return train, held_out, {r.id: folds[r.id] for r in records}
@@ -176,9 +190,11 @@ def fit_cell_type_classifier(train, held_out, out: Path) -> float:
     return float(np.mean([p == r.cell_type for p, r in zip(pred, held_out)]))
 
 
-def score_oof(model, held_out, out: Path, progress: bool = True, selection: dict | None = None):
-    """Predict the held-out fold with true cell types, write oof.csv and oof_score.json
-    (with ``selection``: what chose what, recorded as given)."""
+def score_oof(model, held_out, out: Path, progress: bool = True, selection: dict | None = None,
+              files: tuple[str, str] = ("oof.csv", "oof_score.json"), desc: str = "OOF predict"):
+    """Predict the held-out fold with true cell types, write ``out/files[0]`` (submission
+    format, default oof.csv) and ``out/files[1]`` (the scores, default oof_score.json; with
+    ``selection``: what chose what, recorded as given); return the :class:`kit.metric.Summary`."""
     from tqdm import tqdm
 
     from kit import cv, metric
@@ -187,8 +203,8 @@ def score_oof(model, held_out, out: Path, progress: bool = True, selection: dict
 
     release_free_memory()  # training's freed heap, before the first prediction
     scores = []  # per image: 10 match counts; its rows go to oof.csv as soon as it is predicted
-    with submission_writer(out / "oof.csv", [r.id for r in held_out]) as add:
-        for rec in tqdm(held_out, desc="OOF predict", unit="img", disable=not progress,
+    with submission_writer(out / files[0], [r.id for r in held_out]) as add:
+        for rec in tqdm(held_out, desc=desc, unit="img", disable=not progress,
                         file=sys.stderr):
             labels = model.predict(rec.load_image(), rec.cell_type)
             release_free_memory()  # each image's holes in the heap go back (kit.heap)
@@ -199,7 +215,7 @@ def score_oof(model, held_out, out: Path, progress: bool = True, selection: dict
     doc = cv.result_json(summary, scores, [])
     if selection is not None:
         doc["selection"] = selection
-    cv.write_json_atomic(doc, out / "oof_score.json")
+    cv.write_json_atomic(doc, out / files[1])
     return summary
 
 
@@ -216,6 +232,9 @@ def _main(argv=None) -> int:
     data.add_argument("--folds", type=Path, default=None, help="id,fold CSV (default: make folds)")
     data.add_argument("--n-folds", type=int, default=5, help="folds to make when --folds is absent")
     data.add_argument("--seed", type=int, default=42, help="seed of the folds and the validation split")
+    data.add_argument("--set-aside", type=int, default=None, metavar="FOLD",
+                      help="a fold this run leaves out altogether (not trained on, validated or "
+                           "scored): a final test for later, e.g. kit.train_folds --held-out")
     data.add_argument("--val-fraction", type=float, default=0.15,
                       help="inner validation split of the training folds (chooses the checkpoint; "
                            "0 = none: the last epoch is kept)")
@@ -254,7 +273,8 @@ def _main(argv=None) -> int:
 
     # Everything is read and checked first: a bad input leaves nothing behind.
     config = check_inputs(args)
-    train, held_out, folds = split_fold(args.data, args.fold, args.folds, args.n_folds, args.seed)
+    train, held_out, folds = split_fold(args.data, args.fold, args.folds, args.n_folds, args.seed,
+                                        args.set_aside)
     fam = family(args.model)
     wanted = fam.wants_validation(config) or args.keep_validation or args.tune
     fit_train, val = inner_split(train, args.val_fraction if wanted else 0.0, args.seed)
@@ -290,6 +310,7 @@ def _main(argv=None) -> int:
     log = RunLog(out / "train.log")
     selection = {"held_out_fold": args.fold, "held_out_images": len(held_out),
                  "held_out_chooses": "nothing (scored only)",
+                 "set_aside_fold": args.set_aside,
                  "validation_images": len(val), "validation_ids": "val.csv",
                  "validation_chooses": _validation_role(fam.wants_validation(config), bool(val),
                                                         args.tune)}

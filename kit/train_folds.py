@@ -18,6 +18,14 @@
    views), what ``kit.predict`` and ``build_bundle.py --weights`` take as the submission model.
    It has no honest out-of-fold score (every image trained all but one of its members).
 
+5. ``--held-out K``: fold K is set aside before anything else (``kit.train --set-aside K``): no
+   fold model trains, validates or is scored on it, steps 1-4 run on the other folds. At the
+   end the fold ensemble and each fold model predict it (true cell types, as out of fold) and
+   are scored: ``OUT/held_out/<model>/predicted.csv`` + ``score.json``, the comparison in
+   ``OUT/held_out.json``, ``held_out.md`` and ``held_out.png``. It is the fold ensemble's
+   honest score, beside the single fold models it is made of. A rerun reuses the scores of
+   models that did not change.
+
 ``OUT/train_folds.json`` records the command, the per-fold and overall scores and minutes.
 """
 from __future__ import annotations
@@ -37,7 +45,8 @@ from kit.distributed import parallel_env
 
 SUMMARY = "train_folds.json"
 # kit.train options this command sets itself
-OWN_OPTIONS = ("--fold", "--folds", "--out", "--n-folds", "--data", "--resume")
+OWN_OPTIONS = ("--fold", "--folds", "--out", "--n-folds", "--data", "--resume", "--set-aside")
+HELD_OUT = "held_out"   # OUT/held_out/<model>/, OUT/held_out.json|.md|.png
 
 
 def fold_dir(out: Path, fold: int) -> Path:
@@ -62,6 +71,8 @@ def _run_fold(args, extra: list[str], fold: int, slot: int, n_slots: int, say) -
     out = fold_dir(args.out, fold)
     cmd = [sys.executable, "-m", "kit.train", args.model, "--data", str(args.data), "--folds",
            str(args.out / "folds.csv"), "--fold", str(fold), "--out", str(out), *extra]
+    if args.held_out is not None:
+        cmd += ["--set-aside", str(args.held_out)]
     if (out / "params.json").is_file():
         cmd.append("--fresh")   # an unfinished or different earlier run: start over
     env = dict(os.environ)
@@ -142,6 +153,9 @@ def _main(argv=None) -> int:
     parser.add_argument("--parallel", type=int, default=1,
                         help="folds trained side by side (one GPU each on CUDA)")
     parser.add_argument("--tta", default="id", help="TTA views of the fold ensemble (e.g. id,hflip)")
+    parser.add_argument("--held-out", type=int, default=None, metavar="FOLD",
+                        help="a fold no fold model sees; the fold ensemble and each fold model "
+                             "are scored on it at the end (OUT/held_out.md)")
     parser.add_argument("--fresh", action="store_true", help="delete --out's earlier runs first")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args, extra = parser.parse_known_args(argv)
@@ -185,8 +199,19 @@ def run(args, extra: list[str]) -> int:
             print(f"warning: {unknown} of {len(train)} train images have no sample_id: each is a "
                   "group of its own (pass --folds CSV for real groups)", file=sys.stderr)
         folds = make_folds(train, args.n_folds, args.seed, unknown_sample_alone=True)
+    test = []
+    if args.held_out is not None:
+        present = sorted({folds[r.id] for r in train})
+        if args.held_out not in present:
+            raise ValueError(f"--held-out {args.held_out}: no train image in that fold (folds: {present})")
+        if len(present) < 3:
+            raise ValueError(f"--held-out needs 3 folds or more (two to train fold models on), "
+                             f"got {len(present)}")
+        test = [r for r in train if folds[r.id] == args.held_out]
+        train = [r for r in train if folds[r.id] != args.held_out]
     fold_ids = sorted({folds[r.id] for r in train})
-    command = {"model": args.model, "extra": extra, "folds": {r.id: folds[r.id] for r in train}}
+    command = {"model": args.model, "extra": extra, "folds": {r.id: folds[r.id] for r in train},
+               "held_out": None if args.held_out is None else {r.id: args.held_out for r in test}}
     summary_path = args.out / SUMMARY
     if args.fresh and args.out.exists():
         if not summary_path.is_file() and any(args.out.iterdir()):
@@ -240,7 +265,11 @@ def run(args, extra: list[str]) -> int:
     state["oof_map"] = overall.map
     members = [(str(fold_dir(args.out, k)), 1.0) for k in fold_ids]
     tta = [t.strip() for t in args.tta.split(",") if t.strip()]
-    family("ensemble").make(args.out / "ensemble", members, tta)
+    made = args.out / "ensemble" / "model.json"
+    if todo or not made.is_file() or json.loads(made.read_text())["config"]["tta"] != tta:
+        family("ensemble").make(args.out / "ensemble", members, tta)
+    else:   # the same fold models and views: kept, so that its held-out scores stay valid
+        say(f"fold ensemble: reused {made.parent}")
     state["ensemble"] = {"folder": "ensemble", "members": [f"fold{k}" for k in fold_ids], "tta": tta}
     cv.write_json_atomic(state, summary_path)
     print(cv.format_table(overall))
@@ -248,7 +277,50 @@ def run(args, extra: list[str]) -> int:
           + ", ".join(f"fold {k} {state['folds'][str(k)]['map']:.4f}" for k in fold_ids))
     print(f"out of fold over all {len(train)} train images: MAP {overall.map:.4f}  ({args.out / 'oof.csv'})")
     print(f"fold ensemble (the submission model): {args.out / 'ensemble'}")
+    if test:
+        state["held_out"] = score_held_out(args.out, args.held_out, test, fold_ids, say,
+                                           progress=not args.quiet)
+        cv.write_json_atomic(state, summary_path)
     return 0
+
+
+def _newer(a: Path, b: Path) -> bool:
+    return a.is_file() and b.is_file() and a.stat().st_mtime >= b.stat().st_mtime
+
+
+def score_held_out(out: Path, fold: int, records, fold_ids, say, progress: bool = True) -> dict:
+    """Score the fold ensemble and every fold model on the set-aside fold ``fold`` (true cell
+    types; ``OUT/held_out/<model>/``), write ``OUT/held_out.json|.md|.png`` and print the table;
+    return the comparison. A model's earlier scores are reused when newer than its folder."""
+    from kit.cv import write_json_atomic
+    from kit.fold_compare import compare, write_comparison
+    from kit.models import load_model
+    from kit.train import score_oof
+
+    models = [("fold ensemble", out / "ensemble")] + [(f"fold {k} model", fold_dir(out, k)) for k in fold_ids]
+    docs = {}
+    for name, folder in models:
+        target = out / HELD_OUT / folder.name
+        score = target / "score.json"
+        if _newer(score, folder / "model.json"):
+            say(f"held-out fold {fold}: reused the scores of {name} ({score})")
+        else:
+            say(f"held-out fold {fold}: {name} predicts its {len(records)} images")
+            target.mkdir(parents=True, exist_ok=True)
+            model = load_model(folder)
+            t0 = time.perf_counter()
+            score_oof(model, records, target, progress=progress, desc=name,
+                      selection={"held_out_fold": fold, "held_out_chooses": "nothing (scored only)"},
+                      files=("predicted.csv", "score.json"))
+            doc = json.loads(score.read_text())
+            doc["seconds_per_image"] = (time.perf_counter() - t0) / len(records)
+            write_json_atomic(doc, score)
+        docs[name] = json.loads(score.read_text())
+    result = compare(docs, ensemble="fold ensemble", fold=fold)
+    table = write_comparison(result, out / f"{HELD_OUT}.json")
+    print(table)
+    say(f"held-out fold {fold}: {out / HELD_OUT}.md, .json, .png")
+    return result
 
 
 def main(argv=None) -> int:
