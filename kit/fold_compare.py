@@ -18,6 +18,7 @@ from kit import CELL_TYPES
 __all__ = ["compare", "write_comparison"]
 
 MEAN_ROW = "mean of the fold models"
+TIE = 1e-9   # per-image score differences below this are ties (float sums of the mean)
 
 
 def compare(docs: dict[str, dict], ensemble: str, fold: int) -> dict:
@@ -59,8 +60,8 @@ def compare(docs: dict[str, dict], ensemble: str, fold: int) -> dict:
         "gain_over_best_single": ens_row["map"] - best["map"],
         "best_single": best["name"],
         "gain_over_mean_single": float(ens_scores.mean() - mean_scores.mean()),
-        "images_ensemble_above_mean": int((ens_scores > mean_scores).sum()),
-        "images_ensemble_below_mean": int((ens_scores < mean_scores).sum()),
+        "images_ensemble_above_mean": int((ens_scores > mean_scores + TIE).sum()),
+        "images_ensemble_below_mean": int((ens_scores < mean_scores - TIE).sum()),
     }
 
 
