@@ -47,8 +47,11 @@ train:
 """
 
 
-def torchrun(*args, n: int = 2):
-    return run_module("torch.distributed.run", "--standalone", "--nproc_per_node", n, "-m", *args)
+def torchrun(*args, logs: Path, n: int = 2):
+    """``torchrun`` on ``python -m <args>``, its per-rank logs under ``logs`` (by default it
+    leaves a ``torchelastic_*`` folder in the system temp dir)."""
+    return run_module("torch.distributed.run", "--standalone", "--nproc_per_node", n,
+                      "--log-dir", logs, "-m", *args)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -92,7 +95,8 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(synth_dir, e
     def train(out, cfg, *extra, processes=1):
         args = ["kit.train", "maskrcnn", "--data", synth_dir, "--n-folds", 3, "--fold", 0,
                 "--config", exact_configs / cfg, "--out", out, "--quiet", *extra]
-        done = torchrun(*args, n=processes) if processes > 1 else run_module(*args)
+        done = (torchrun(*args, logs=tmp_path / "torchrun", n=processes) if processes > 1
+                else run_module(*args))
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
     one, two = tmp_path / "one", tmp_path / "two"
@@ -149,7 +153,8 @@ def test_cellpose_two_processes_equal_one_process_with_the_same_global_batch(syn
             cfg.write_text(CELLPOSE_EXACT.format(accumulate=accumulate))
             args = ["kit.train", "cellpose", "--data", synth_dir, "--n-folds", 3, "--fold", 0,
                     "--config", cfg, "--out", runs[name], "--quiet", *extra]
-            done = torchrun(*args, n=processes) if processes > 1 else run_module(*args)
+            done = (torchrun(*args, logs=tmp_path / "torchrun", n=processes) if processes > 1
+                else run_module(*args))
             assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
         rows = {k: _rows(v / "epochs.csv") for k, v in runs.items()}
         assert [r["epoch"] for r in rows["two"]] == [str(e) for e in range(1, epochs + 1)]
@@ -169,7 +174,7 @@ def test_cellpose_two_processes_equal_one_process_with_the_same_global_batch(syn
 
 def test_a_family_without_processes_is_refused(synth_dir, tmp_path):
     done = torchrun("kit.train", "baseline", "--data", synth_dir, "--n-folds", 3, "--fold", 0,
-                    "--out", tmp_path / "b", "--quiet")
+                    "--out", tmp_path / "b", "--quiet", logs=tmp_path / "torchrun")
     assert done.returncode != 0
     assert "the baseline model does not train in several processes" in done.stderr
     assert not (tmp_path / "b").exists()
@@ -182,6 +187,7 @@ def test_killing_one_rank_ends_the_run(synth_dir, exact_configs, tmp_path):
     long.write_text(TINY_EXACT.format(accumulate=1).replace("max_iters_per_epoch: 3", "max_iters_per_epoch: 500"))
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--log-dir", str(tmp_path / "torchrun"),
            "-m", "kit.train", "maskrcnn", "--data", str(synth_dir), "--n-folds", "3", "--fold", "0",
            "--config", str(long), "--out", str(out), "--quiet"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

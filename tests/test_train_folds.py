@@ -135,7 +135,8 @@ def test_held_out_fold_is_seen_by_no_fold_model_and_scores_the_ensemble(synth_24
     assert not (out / "fold3").exists()
     result = json.loads((out / "held_out.json").read_text())
     names = [r["name"] for r in result["rows"]]
-    assert names == ["fold ensemble", "fold 0 model", "fold 1 model", "fold 2 model", "mean of the fold models"]
+    assert names == ["fold ensemble", "fold 0 model", "fold 1 model", "fold 2 model",
+                     "mean of the fold models"]
     assert result["n_images"] == len(held)
     for row, folder in zip(result["rows"], ["ensemble", "fold0", "fold1", "fold2"]):
         pred = out / "held_out" / folder / "predicted.csv"
