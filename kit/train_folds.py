@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -248,7 +249,8 @@ def run(args, extra: list[str]) -> int:
             info.update({f"{unit or 'step'}s": count, f"seconds_per_{unit or 'step'}": per})
             state["folds"][str(k)] = info
             minutes = [f["minutes"] for f in state["folds"].values() if "minutes" in f]
-            left = (len(todo) - done) * statistics.mean(minutes) / n_slots
+            # the folds left run n_slots at a time: a last fold alone takes a whole fold's time
+            left = math.ceil((len(todo) - done) / n_slots) * statistics.mean(minutes)
             pace = f", {count} {unit}s at a median {per:.2f} s" if per else ""
             say(f"fold {k}: done in {info['minutes']:.1f} min{pace}; "
                 f"{len(todo) - done} fold(s) left, about {left:.0f} min at this pace")
