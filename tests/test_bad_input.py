@@ -358,7 +358,11 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "kit.synth", str(out), "--n-train", "400",
                              "--n-test", "0", "--no-progress"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(6)
+    deadline = time.time() + 120   # imports are slow on a loaded machine: wait for the work
+    while not any(tmp_path.iterdir()):   # kit.synth's hidden temp folder beside --out
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
