@@ -355,9 +355,12 @@ def test_a_killed_writer_leaves_no_stale_temp_file(tmp_path):
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     out = tmp_path / "synth"
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    # SIGINT at its default in the child: a test run started in the background by a
+    # non-interactive shell (``cmd &``) inherits it ignored, and Python then keeps it ignored
     proc = subprocess.Popen([sys.executable, "-m", "kit.synth", str(out), "--n-train", "400",
                              "--n-test", "0", "--no-progress"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120   # imports are slow on a loaded machine: wait for the work
     while not any(tmp_path.iterdir()):   # kit.synth's hidden temp folder beside --out
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
