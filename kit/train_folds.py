@@ -179,7 +179,7 @@ def run(args, extra: list[str]) -> int:
     import shutil
 
     from kit import cv, metric
-    from kit.data import make_folds, read_competition_dir, read_folds_csv, write_folds_csv
+    from kit.data import make_folds, read_competition_dir, read_folds_csv, split_by_fold, write_folds_csv
     from kit.models.registry import family
 
     t0 = time.perf_counter()
@@ -201,16 +201,15 @@ def run(args, extra: list[str]) -> int:
                   "group of its own (pass --folds CSV for real groups)", file=sys.stderr)
         folds = make_folds(train, args.n_folds, args.seed, unknown_sample_alone=True)
     test = []
-    if args.held_out is not None:
-        present = sorted({folds[r.id] for r in train})
-        if args.held_out not in present:
-            raise ValueError(f"--held-out {args.held_out}: no train image in that fold (folds: {present})")
-        if len(present) < 3:
-            raise ValueError(f"--held-out needs 3 folds or more (two to train fold models on), "
-                             f"got {len(present)}")
-        test = [r for r in train if folds[r.id] == args.held_out]
-        train = [r for r in train if folds[r.id] != args.held_out]
+    if args.held_out is not None:   # the split and its errors are kit.train --set-aside's
+        try:
+            train, test = split_by_fold(train, folds, args.held_out, str(args.folds or "the folds"))
+        except ValueError as err:
+            raise ValueError(f"--held-out {args.held_out}: {err}") from None
     fold_ids = sorted({folds[r.id] for r in train})
+    if test and len(fold_ids) < 2:
+        raise ValueError(f"--held-out needs 3 folds or more (two to train fold models on), "
+                         f"got {len(fold_ids) + 1}")
     command = {"model": args.model, "extra": extra, "folds": {r.id: folds[r.id] for r in train},
                "held_out": None if args.held_out is None else {r.id: args.held_out for r in test}}
     summary_path = args.out / SUMMARY
@@ -306,6 +305,7 @@ def score_held_out(out: Path, fold: int, records, fold_ids, say, progress: bool 
         score = target / "score.json"
         if _newer(score, folder / "model.json"):
             say(f"held-out fold {fold}: reused the scores of {name} ({score})")
+            doc = json.loads(score.read_text())
         else:
             say(f"held-out fold {fold}: {name} predicts its {len(records)} images")
             target.mkdir(parents=True, exist_ok=True)
@@ -317,7 +317,7 @@ def score_held_out(out: Path, fold: int, records, fold_ids, say, progress: bool 
             doc = json.loads(score.read_text())
             doc["seconds_per_image"] = (time.perf_counter() - t0) / len(records)
             write_json_atomic(doc, score)
-        docs[name] = json.loads(score.read_text())
+        docs[name] = doc
     result = compare(docs, ensemble="fold ensemble", fold=fold)
     table = write_comparison(result, out / f"{HELD_OUT}.json")
     print(table)

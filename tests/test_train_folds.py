@@ -159,7 +159,7 @@ def test_held_out_fold_is_seen_by_no_fold_model_and_scores_the_ensemble(synth_24
 def test_held_out_and_set_aside_errors_name_the_fold(synth_dir, tmp_path):
     done = run_module("kit.train_folds", "baseline", "--data", synth_dir, "--n-folds", 4,
                       "--held-out", 7, "--out", tmp_path / "a", "--quiet")
-    assert done.returncode == 2 and "--held-out 7: no train image in that fold" in done.stderr
+    assert done.returncode == 2 and "--held-out 7: fold 7: no labelled image in that fold" in done.stderr
     assert not (tmp_path / "a").exists()
     done = run_module("kit.train_folds", "baseline", "--data", synth_dir, "--n-folds", 2,
                       "--held-out", 1, "--out", tmp_path / "b", "--quiet")
