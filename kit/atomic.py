@@ -186,3 +186,11 @@ def atomic_folder(path):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def up_to_date(output, source) -> bool:
+    """Whether ``output`` was written after (or with) ``source``: both files exist and
+    ``output``'s modification time is not older. What a rerun checks before it reuses an
+    output made from ``source`` (a cache from a model, a score from a prediction)."""
+    output, source = Path(output), Path(source)
+    return output.is_file() and source.is_file() and output.stat().st_mtime >= source.stat().st_mtime

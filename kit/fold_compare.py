@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from kit import CELL_TYPES
+from kit.report_files import fmt_number
 
 __all__ = ["compare", "write_comparison"]
 
@@ -65,10 +66,6 @@ def compare(docs: dict[str, dict], ensemble: str, fold: int) -> dict:
     }
 
 
-def _fmt(x, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
 def table(result: dict) -> str:
     """Markdown table of :func:`compare`'s rows and the paired summary below it."""
     types = result["cell_types"]
@@ -76,9 +73,9 @@ def table(result: dict) -> str:
     lines = [f"Held-out fold {result['held_out_fold']} ({result['n_images']} images, seen by no model):", "",
              "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in result["rows"]:
-        lines.append("| " + " | ".join([r["name"], _fmt(r["map"]),
-                                        *[_fmt(r["by_cell_type"].get(ct)) for ct in types],
-                                        _fmt(r["ap50"]), _fmt(r["seconds_per_image"], 2)]) + " |")
+        lines.append("| " + " | ".join([r["name"], fmt_number(r["map"]),
+                                        *[fmt_number(r["by_cell_type"].get(ct)) for ct in types],
+                                        fmt_number(r["ap50"]), fmt_number(r["seconds_per_image"], 2)]) + " |")
     lines += ["", f"{result['ensemble']}: {result['gain_over_mean_single']:+.4f} MAP over the mean fold "
                   f"model, {result['gain_over_best_single']:+.4f} over the best ({result['best_single']}); "
                   f"above the fold models' mean on {result['images_ensemble_above_mean']} of "

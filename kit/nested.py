@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from kit import metric
+from kit.atomic import up_to_date
 from kit.error_analysis import ErrorCounts, image_errors
 
 __all__ = ["ensure_cache", "score_cache", "predictions", "HeldOutScores", "cached_ids"]
@@ -48,8 +49,7 @@ def ensure_cache(model_dir, records: Sequence, cache_dir, progress: bool = True)
     ids = [r.id for r in records]
     index = cache_dir / "cache.json"
     model_json = Path(model_dir) / "model.json"
-    if (cached_ids(cache_dir) == ids and model_json.is_file()
-            and index.stat().st_mtime >= model_json.stat().st_mtime):
+    if cached_ids(cache_dir) == ids and up_to_date(index, model_json):
         return cache_dir, False
     if index.exists():
         index.unlink()  # an outdated index never outlives the rebuild's failure

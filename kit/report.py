@@ -39,6 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from kit.atomic import up_to_date
+
 REPO_CONFIGS = Path(__file__).resolve().parent / "configs"
 # model -> (config in kit/configs, training minutes): the CPU recipes for the real images
 RECIPES = {"cellpose": ("cellpose_cpu_real.yaml", 32.0), "maskrcnn": ("maskrcnn_cpu_real.yaml", 40.0),
@@ -211,8 +213,7 @@ def tune_model(plan: Plan, name: str, folder: Path, val_records, say: Progress) 
                                 progress=plan.progress)
     tuned = plan.out / "tuned" / f"{name}.yaml"
     summary_path = tuned.with_suffix(".json")
-    if (not built and summary_path.is_file()
-            and summary_path.stat().st_mtime >= (cache / "cache.json").stat().st_mtime):
+    if not built and up_to_date(summary_path, cache / "cache.json"):
         summary = json.loads(summary_path.read_text())
         say(f"tune {name}: reused {tuned}")
     else:

@@ -17,7 +17,7 @@ import numpy as np
 from kit import CELL_TYPES, metric
 from kit.nested import HeldOutScores
 
-__all__ = ["Row", "write_report", "targets", "ERROR_COLUMNS", "ENSEMBLE", "ENSEMBLE_TTA"]
+__all__ = ["Row", "write_report", "targets", "fmt_number", "ERROR_COLUMNS", "ENSEMBLE", "ENSEMBLE_TTA"]
 
 ENSEMBLE, ENSEMBLE_TTA = "ensemble", "ensemble_tta"   # the report's ensemble folders (rows)
 
@@ -63,7 +63,8 @@ class Row:
         }
 
 
-def _fmt(x, digits: int = 3) -> str:
+def fmt_number(x, digits: int = 3) -> str:
+    """``x`` with ``digits`` decimals; ``-`` for None (a table cell)."""
     return "-" if x is None else f"{x:.{digits}f}"
 
 
@@ -77,10 +78,11 @@ def score_table(rows, cell_types) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in rows:
         d = r.as_dict()
-        lines.append("| " + " | ".join([r.name, _fmt(d["map"]), *[_fmt(r.type_map(ct)) for ct in cell_types],
-                                        _fmt(d["ap50"]), _fmt(d["train_minutes"], 1),
-                                        _fmt(d["train_seconds_per_image"], 1),
-                                        _fmt(d["infer_seconds_per_image"], 2)]) + " |")
+        lines.append("| " + " | ".join([r.name, fmt_number(d["map"]),
+                                        *[fmt_number(r.type_map(ct)) for ct in cell_types],
+                                        fmt_number(d["ap50"]), fmt_number(d["train_minutes"], 1),
+                                        fmt_number(d["train_seconds_per_image"], 1),
+                                        fmt_number(d["infer_seconds_per_image"], 2)]) + " |")
     return "\n".join(lines)
 
 

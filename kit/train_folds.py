@@ -42,6 +42,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from kit.atomic import up_to_date
 from kit.distributed import parallel_env
 
 SUMMARY = "train_folds.json"
@@ -285,10 +286,6 @@ def run(args, extra: list[str]) -> int:
     return 0
 
 
-def _newer(a: Path, b: Path) -> bool:
-    return a.is_file() and b.is_file() and a.stat().st_mtime >= b.stat().st_mtime
-
-
 def score_held_out(out: Path, fold: int, records, fold_ids, say, progress: bool = True) -> dict:
     """Score the fold ensemble and every fold model on the set-aside fold ``fold`` (true cell
     types; ``OUT/held_out/<model>/``), write ``OUT/held_out.json|.md|.png`` and print the table;
@@ -303,7 +300,7 @@ def score_held_out(out: Path, fold: int, records, fold_ids, say, progress: bool 
     for name, folder in models:
         target = out / HELD_OUT / folder.name
         score = target / "score.json"
-        if _newer(score, folder / "model.json"):
+        if up_to_date(score, folder / "model.json"):
             say(f"held-out fold {fold}: reused the scores of {name} ({score})")
             doc = json.loads(score.read_text())
         else:
