@@ -162,6 +162,11 @@ def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed
         train, held_out = split_by_fold(records, folds, fold, source)
     except ValueError as err:
         raise ValueError(f"--fold {fold}: {err}") from None
+    kinds = sorted({r.cell_type for r in train})
+    if len(kinds) < 2:
+        raise ValueError(f"{data / 'train.csv'}, field cell_type: the training folds of --fold {fold} "
+                         f"hold one cell type ({', '.join(kinds)}); the image -> cell-type "
+                         "classifier every model folder carries needs at least 2")
     return train, held_out, {r.id: folds[r.id] for r in records}
 
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -328,6 +329,25 @@ def test_train_with_a_bad_config_writes_nothing(tmp_path, synth_dir):
     done = run_module("kit.train", "baseline", "--data", synth_dir, "--out", out, "--folds",
                       tmp_path / "nope.csv", "--quiet")
     one_line_error(done, 2, "--folds", "nope.csv")
+    assert not out.exists()
+
+
+def test_train_on_one_cell_type_stops_before_writing(tmp_path, synth_dir):
+    """The cell-type classifier needs two types: a train.csv of one type is refused up front."""
+    import pandas as pd
+
+    one = tmp_path / "astro_only"
+    one.mkdir()
+    (one / "train").symlink_to(Path(synth_dir) / "train")
+    df = pd.read_csv(Path(synth_dir) / "train.csv")
+    astro = df[df.cell_type == "astro"]
+    astro.to_csv(one / "train.csv", index=False)
+    ids = sorted(set(astro.id))
+    (one / "folds.csv").write_text("id,fold\n" + "".join(f"{i},{k % 2}\n" for k, i in enumerate(ids)))
+    out = tmp_path / "run"
+    done = run_module("kit.train", "baseline", "--data", one, "--out", out, "--folds",
+                      one / "folds.csv", "--quiet")
+    one_line_error(done, 2, f"{one / 'train.csv'}, field cell_type", "one cell type (astro)")
     assert not out.exists()
 
 
