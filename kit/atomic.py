@@ -8,6 +8,7 @@ the next write to the same target removes temp files whose process is gone.
 
 :func:`check_writable` / :func:`check_writable_dir` let a tool fail before its work starts
 when an output cannot be written. Problems are :class:`kit.errors.OutputError` naming the path.
+:func:`up_to_date` tells a rerun whether an output is newer than what it was made from.
 """
 from __future__ import annotations
 
