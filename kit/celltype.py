@@ -57,6 +57,16 @@ def image_features(image: np.ndarray) -> np.ndarray:
     return np.asarray(feats, np.float64)
 
 
+def check_trainable(types: Sequence[str]) -> None:
+    """A ValueError unless the training images' cell types ``types`` (one per image) hold at
+    least 2 distinct types, the fewest a classifier can learn to tell apart."""
+    kinds = sorted(set(types))
+    if len(kinds) < 2:
+        held = "one cell type" if len(kinds) == 1 else "no cell type"
+        raise ValueError(f"the training images hold {held} ({', '.join(kinds)}); the image -> "
+                         "cell-type classifier needs at least 2")
+
+
 class CellTypeClassifier:
     """Nearest-class texture classifier. ``fit(images, types)`` then ``predict(image)``."""
 
@@ -76,8 +86,7 @@ class CellTypeClassifier:
         unknown = sorted(set(types) - set(CELL_TYPES))
         if unknown:
             raise ValueError(f"unknown cell types {unknown}; valid: {list(CELL_TYPES)}")
-        if len(set(types)) < 2:
-            raise ValueError(f"need images of at least 2 cell types to train, got {sorted(set(types))}")
+        check_trainable(types)
         self.model = self._new_model().fit(features, list(types))
         return self
 

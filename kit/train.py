@@ -136,6 +136,7 @@ def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed
 
     ``set_aside``: a fold whose images the run leaves out altogether (neither trained on,
     validated nor scored; absent from the returned folds), a final test kept for later."""
+    from kit.celltype import check_trainable
     from kit.data import make_folds, read_competition_dir, read_folds_csv, split_by_fold
 
     records = read_competition_dir(data).train
@@ -162,11 +163,10 @@ def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed
         train, held_out = split_by_fold(records, folds, fold, source)
     except ValueError as err:
         raise ValueError(f"--fold {fold}: {err}") from None
-    kinds = sorted({r.cell_type for r in train})
-    if len(kinds) < 2:
-        raise ValueError(f"{data / 'train.csv'}, field cell_type: the training folds of --fold {fold} "
-                         f"hold one cell type ({', '.join(kinds)}); the image -> cell-type "
-                         "classifier every model folder carries needs at least 2")
+    try:   # every model folder carries the image -> cell-type classifier: checked before any write
+        check_trainable([r.cell_type for r in train])
+    except ValueError as err:
+        raise ValueError(f"{data / 'train.csv'}, field cell_type, --fold {fold}: {err}") from None
     return train, held_out, {r.id: folds[r.id] for r in records}
 
 
