@@ -195,6 +195,20 @@ def test_training_records_loss_and_writes_folder(trained):
                                   "cellpose_size_model"]
 
 
+def test_bfloat16_autocast_on_cpu_trains_on_the_same_crops(trained, records, tmp_path):
+    """train.amp_cpu: the same crops and schedule as the float32 run, other (bfloat16) numbers,
+    and the loss falls alike."""
+    out = tmp_path / "model"
+    fit(records, out, tiny_config(amp_cpu=True), progress=False)
+    ref = np.array([float(r["train_loss"]) for r in epoch_rows(trained[1])])
+    loss = np.array([float(r["train_loss"]) for r in epoch_rows(out)])
+    assert len(loss) == len(ref) == 12 and np.isfinite(loss).all()
+    assert loss[0] != ref[0] and abs(loss[0] / ref[0] - 1) < 0.05, (loss[0], ref[0])
+    assert loss[-4:].mean() < 0.9 * loss[:4].mean(), loss
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["config"]["train"]["amp_cpu"] is True
+
+
 def test_targets_are_cached_on_disk_and_read_per_batch(records, tmp_path):
     """Flows are computed once per image into the cache; a second run reads them (the same
     arrays), other masks get other files, an incomplete file set is made again."""

@@ -39,6 +39,7 @@ class TrainConfig:
     save_every: int = 10
     eval_every: int = 0
     bn_recalibration_crops: int = 64
+    amp_cpu: bool = False              # bfloat16 autocast of the training steps on CPU (loss in float32)
     seed: int = 0
 
     def __post_init__(self):
