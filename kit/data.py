@@ -600,13 +600,14 @@ def read_folds_csv(path) -> dict[str, int]:
 
 
 def split_by_fold(records: Sequence[ImageRecord], folds: Mapping[str, int], fold: int,
-                  source: str = "folds") -> tuple[list[ImageRecord], list[ImageRecord]]:
+                  source=None) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """``(train, held_out)``: the records outside and inside ``fold``, in input order.
 
-    ``folds`` maps every record's id to its fold (``source`` names where it came from, e.g.
-    the folds CSV, for the errors). ValueError when a record has no fold, when ``fold`` is not
-    one of the folds, or when either side would be empty.
+    ``folds`` maps every record's id to its fold; ``source`` (a path or a name; None: folds
+    that were made, not read) says where it came from, for the errors. ValueError when a record
+    has no fold, when ``fold`` is not one of the folds, or when either side would be empty.
     """
+    source = "the folds" if source is None else str(source)
     missing = [r.id for r in records if r.id not in folds]
     if missing:
         raise ValueError(f"{source}: no fold for {len(missing)} train id(s), e.g. {missing[:3]}")

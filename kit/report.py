@@ -283,7 +283,7 @@ def _read_records(plan: Plan):
     records = read_train_csv(plan.data / "train.csv", check_images=True)
     try:
         train, held_out = split_by_fold(records, read_folds_csv(plan.folds), plan.held_out,
-                                        str(plan.folds))
+                                        plan.folds)
     except ValueError as err:
         raise ValueError(f"--held-out {plan.held_out}: {err}") from None
     return held_out, {r.id: r for r in train}

@@ -150,17 +150,16 @@ def split_fold(data: Path, fold: int, folds_csv: Path | None, n_folds: int, seed
                   "(images of one sample may straddle folds). Pass --folds CSV for real groups.",
                   file=sys.stderr)
         folds = make_folds(records, n_folds, seed, unknown_sample_alone=True)
-    source = str(folds_csv or "the folds")
     if set_aside is not None:
         if set_aside == fold:
             raise ValueError(f"--set-aside {set_aside}: it is the --fold this run holds out; set "
                              "aside another fold")
         try:
-            records, _ = split_by_fold(records, folds, set_aside, source)
+            records, _ = split_by_fold(records, folds, set_aside, folds_csv)
         except ValueError as err:
             raise ValueError(f"--set-aside {set_aside}: {err}") from None
     try:
-        train, held_out = split_by_fold(records, folds, fold, source)
+        train, held_out = split_by_fold(records, folds, fold, folds_csv)
     except ValueError as err:
         raise ValueError(f"--fold {fold}: {err}") from None
     try:   # every model folder carries the image -> cell-type classifier: checked before any write
@@ -195,11 +194,14 @@ def fit_cell_type_classifier(train, held_out, out: Path) -> float:
     return float(np.mean([p == r.cell_type for p, r in zip(pred, held_out)]))
 
 
-def score_oof(model, held_out, out: Path, progress: bool = True, selection: dict | None = None,
-              files: tuple[str, str] = ("oof.csv", "oof_score.json"), desc: str = "OOF predict"):
-    """Predict the held-out fold with true cell types, write ``out/files[0]`` (submission
-    format, default oof.csv) and ``out/files[1]`` (the scores, default oof_score.json; with
-    ``selection``: what chose what, recorded as given); return the :class:`kit.metric.Summary`."""
+def predict_and_score(model, held_out, out: Path, progress: bool = True,
+                      selection: dict | None = None,
+                      files: tuple[str, str] = ("oof.csv", "oof_score.json"),
+                      desc: str = "OOF predict"):
+    """Predict held-out images (a fold's OOF, a set-aside fold) with their true cell types,
+    write ``out/files[0]`` (submission format, default oof.csv) and ``out/files[1]`` (the
+    scores, default oof_score.json; with ``selection``: what chose what, recorded as given);
+    return the :class:`kit.metric.Summary`."""
     from tqdm import tqdm
 
     from kit import cv, metric
@@ -338,7 +340,7 @@ def _main(argv=None) -> int:
                 by_cell_type={ct: {"before": r.before, "after": r.after, "best": r.best}
                               for ct, r in result.types.items()})
             model = load_model(out)   # the folder's settings with tuned.yaml applied
-        summary = score_oof(model, held_out, out, progress=not args.quiet, selection=selection)
+        summary = predict_and_score(model, held_out, out, progress=not args.quiet, selection=selection)
     except (ValueError, OSError) as e:  # an input found bad while running
         log("error", message=one_line(e))
         print(f"error: {one_line(e)}", file=sys.stderr)

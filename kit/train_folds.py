@@ -204,7 +204,7 @@ def run(args, extra: list[str]) -> int:
     test = []
     if args.held_out is not None:   # the split and its errors are kit.train --set-aside's
         try:
-            train, test = split_by_fold(train, folds, args.held_out, str(args.folds or "the folds"))
+            train, test = split_by_fold(train, folds, args.held_out, args.folds)
         except ValueError as err:
             raise ValueError(f"--held-out {args.held_out}: {err}") from None
     fold_ids = sorted({folds[r.id] for r in train})
@@ -293,7 +293,7 @@ def score_held_out(out: Path, fold: int, records, fold_ids, say, progress: bool 
     from kit.cv import write_json_atomic
     from kit.fold_compare import compare, write_comparison
     from kit.models import load_model
-    from kit.train import score_oof
+    from kit.train import predict_and_score
 
     models = [("fold ensemble", out / "ensemble")] + [(f"fold {k} model", fold_dir(out, k)) for k in fold_ids]
     docs = {}
@@ -308,7 +308,7 @@ def score_held_out(out: Path, fold: int, records, fold_ids, say, progress: bool 
             target.mkdir(parents=True, exist_ok=True)
             model = load_model(folder)
             t0 = time.perf_counter()
-            score_oof(model, records, target, progress=progress, desc=name,
+            predict_and_score(model, records, target, progress=progress, desc=name,
                       selection={"held_out_fold": fold, "held_out_chooses": "nothing (scored only)"},
                       files=("predicted.csv", "score.json"))
             doc = json.loads(score.read_text())

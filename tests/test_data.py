@@ -477,6 +477,8 @@ def test_split_by_fold_on_the_real_folds_csv():
     with pytest.raises(ValueError, match=r"fold 7: no labelled image in that fold of folds.csv "
                                          r"\(folds: \[0, 1, 2, 3\]\)"):
         data.split_by_fold(records, folds, 7, "folds.csv")
+    with pytest.raises(ValueError, match=r"fold 7: no labelled image in that fold of the folds "):
+        data.split_by_fold(records, folds, 7)   # folds that were made, not read
     del folds[records[5].id]
     with pytest.raises(ValueError, match=rf"folds.csv: no fold for 1 train id\(s\), e.g. \['{records[5].id}'\]"):
         data.split_by_fold(records, folds, 3, "folds.csv")
