@@ -600,7 +600,7 @@ def read_folds_csv(path) -> dict[str, int]:
 
 
 def split_by_fold(records: Sequence[ImageRecord], folds: Mapping[str, int], fold: int,
-                  source=None) -> tuple[list[ImageRecord], list[ImageRecord]]:
+                  source: str | Path | None = None) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """``(train, held_out)``: the records outside and inside ``fold``, in input order.
 
     ``folds`` maps every record's id to its fold; ``source`` (a path or a name; None: folds

@@ -340,7 +340,8 @@ def _main(argv=None) -> int:
                 by_cell_type={ct: {"before": r.before, "after": r.after, "best": r.best}
                               for ct, r in result.types.items()})
             model = load_model(out)   # the folder's settings with tuned.yaml applied
-        summary = predict_and_score(model, held_out, out, progress=not args.quiet, selection=selection)
+        summary = predict_and_score(model, held_out, out, progress=not args.quiet,
+                                    selection=selection)
     except (ValueError, OSError) as e:  # an input found bad while running
         log("error", message=one_line(e))
         print(f"error: {one_line(e)}", file=sys.stderr)

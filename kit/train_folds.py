@@ -309,8 +309,9 @@ def score_held_out(out: Path, fold: int, records, fold_ids, say, progress: bool 
             model = load_model(folder)
             t0 = time.perf_counter()
             predict_and_score(model, records, target, progress=progress, desc=name,
-                      selection={"held_out_fold": fold, "held_out_chooses": "nothing (scored only)"},
-                      files=("predicted.csv", "score.json"))
+                              selection={"held_out_fold": fold,
+                                         "held_out_chooses": "nothing (scored only)"},
+                              files=("predicted.csv", "score.json"))
             doc = json.loads(score.read_text())
             doc["seconds_per_image"] = (time.perf_counter() - t0) / len(records)
             write_json_atomic(doc, score)
