@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     from kit.data import read_competition_dir, read_folds_csv, split_by_fold
 
     records = read_competition_dir(args.data).train
-    _, held_out = split_by_fold(records, read_folds_csv(args.folds), args.fold, str(args.folds))
+    _, held_out = split_by_fold(records, read_folds_csv(args.folds), args.fold, args.folds)
     held_out = held_out[: args.n or None]
     print(f"{len(held_out)} images of fold {args.fold}; load average {os.getloadavg()[0]:.2f}")
     res = run(args.model, held_out, progress=not args.quiet)
