@@ -191,20 +191,34 @@ def test_training_records_loss_and_writes_folder(trained):
     assert doc["diameters"]["astro"]["n_images"] == 0  # no astro image: falls back to all images
     assert doc["versions"]["cellpose"].startswith("3.")
     assert CellposeConfig.from_dict(doc["config"]) == tiny_config()
-    assert [e for e, _ in events] == ["cellpose_data", "cellpose_train", "cellpose_batchnorm",
-                                  "cellpose_size_model"]
+    assert [e for e, _ in events] == ["cellpose_data", "cellpose_precision", "cellpose_train",
+                                      "cellpose_batchnorm", "cellpose_size_model"]
+    assert dict(events)["cellpose_precision"]["autocast"] is None  # amp_cpu: false
 
 
 def test_bfloat16_autocast_on_cpu_trains_on_the_same_crops(trained, records, tmp_path):
     """train.amp_cpu: the same crops and schedule as the float32 run, other (bfloat16) numbers,
-    and the loss falls alike."""
+    and the loss falls alike. A CPU without native bfloat16 emulates it (a warning; a step
+    ~40x slower): there the first 3 of the 12 epochs only, the same schedule."""
+    import contextlib
+
+    from kit.models.precision import cpu_has_native_bf16
+
+    native = cpu_has_native_bf16()
     out = tmp_path / "model"
-    fit(records, out, tiny_config(amp_cpu=True), progress=False)
+    events = []
+    with (contextlib.nullcontext() if native
+          else pytest.warns(RuntimeWarning, match="without native bfloat16")):
+        kcp.fit(records, [], out, FitOptions(config=tiny_config(amp_cpu=True), progress=False,
+                                             stop_after_epochs=None if native else 3),
+                lambda e, **f: events.append((e, f)))
+    assert dict(events)["cellpose_precision"]["autocast"] == "bfloat16"
     ref = np.array([float(r["train_loss"]) for r in epoch_rows(trained[1])])
     loss = np.array([float(r["train_loss"]) for r in epoch_rows(out)])
-    assert len(loss) == len(ref) == 12 and np.isfinite(loss).all()
+    assert len(ref) == 12 and len(loss) == (12 if native else 3) and np.isfinite(loss).all()
     assert loss[0] != ref[0] and abs(loss[0] / ref[0] - 1) < 0.05, (loss[0], ref[0])
-    assert loss[-4:].mean() < 0.9 * loss[:4].mean(), loss
+    if native:
+        assert loss[-4:].mean() < 0.9 * loss[:4].mean(), loss
     doc = json.loads((out / "model.json").read_text())
     assert doc["config"]["train"]["amp_cpu"] is True
 

@@ -300,3 +300,61 @@ def test_pretrained_reports_skipped_heads(tmp_path):
     assert rep["kind"] == "kit" and len(rep["skipped"]) == 6 and rep["missing"] == []
     with pytest.raises(FileNotFoundError):
         load_pretrained(net, tmp_path / "nope.pth", ["shsy5y"])
+
+
+# ---------------------------------------------------------------------------------------------
+# one class for every cell type (model.classes: [cell])
+
+
+def test_one_class_config_needs_the_given_cell_type(tmp_path):
+    bad = tmp_path / "vote.yaml"
+    bad.write_text("model:\n  classes: [cell]\n")
+    with pytest.raises(kconfig.ConfigError, match="set cell_type: given"):
+        load_config(bad)
+
+
+def test_one_class_model_trains_and_paints_with_the_given_type(synth_dir, tiny_cfg, tmp_path):
+    """Every instance is class 1 in training; predictions carry the type they are given (so
+    they fuse with a per-type model's), and without a type the model refuses."""
+    from kit.data import read_competition_dir
+    from kit.models.ensemble.fusion import fuse_detections
+    from kit.train import main
+    from kit import CELL_TYPES
+
+    cfg = tmp_path / "one.yaml"
+    cfg.write_text(tiny_cfg.read_text().replace("model:\n", "model:\n  classes: [cell]\n")
+                   + "cell_type: given\n")
+    out = tmp_path / "run"
+    assert main(["maskrcnn", "--data", str(synth_dir), "--fold", "0", "--n-folds", "2",
+                 "--config", str(cfg), "--out", str(out), "--time-budget", "0", "--quiet"]) == 0
+    model = MaskRCNNModel.load(out, device="cpu")
+    assert model.one_class and model.net.roi_heads.box_predictor.cls_score.out_features == 2
+    assert torch.load(out / "model.pt", weights_only=True)["classes"] == ["cell"]
+
+    low = model.config.postprocess
+    for ct in CELL_TYPES:
+        low = low.with_params(ct, score=0.0, min_area=0, pixel=0.3)
+    model.config = dataclasses.replace(model.config, postprocess=low)
+    image = read_competition_dir(synth_dir).test[0].load_image()
+    with pytest.raises(ValueError, match="one class for every cell type"):
+        model.predict_raw(image)
+    with pytest.raises(ValueError, match="one class for every cell type"):
+        model.predict(image)
+    raw = model.predict_raw(image, cell_type="astro")
+    assert len(raw) > 0 and raw.class_names == CELL_TYPES
+    assert set(raw.classes.tolist()) == {CELL_TYPES.index("astro")}
+    labels = model.predict(image, "astro")
+    np.testing.assert_array_equal(labels, postprocess(raw, "astro", low))
+    assert labels.max() > 0
+    # fuses with a model of the three classes (same class names)
+    torch.manual_seed(0)
+    per_type = MaskRCNNModel(load_config(tiny_cfg), device="cpu").predict_raw(image)
+    fused = fuse_detections([raw, per_type])
+    assert fused.class_names == CELL_TYPES and len(fused) >= len(raw)
+
+    # kit.predict: the type comes from the model folder's cell-type classifier
+    sub = tmp_path / "submission.csv"
+    done = run_module("kit.predict", "--model", out, "--images", synth_dir / "test",
+                      "--ids", synth_dir / "sample_submission.csv", "--out", sub, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "validated" in done.stdout and sub.is_file()

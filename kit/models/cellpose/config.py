@@ -9,6 +9,7 @@ from typing import Literal
 
 from kit import CELL_TYPES
 from kit import config as _config
+from kit.models.precision import AmpSetting
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cellpose.yaml"
 WEIGHTS = "cellpose_net"
@@ -39,7 +40,8 @@ class TrainConfig:
     save_every: int = 10
     eval_every: int = 0
     bn_recalibration_crops: int = 64
-    amp_cpu: bool = False              # bfloat16 autocast of the training steps on CPU (loss in float32)
+    amp_cpu: AmpSetting = False        # bfloat16 autocast of the training steps on CPU (loss in float32);
+                                       # auto = where the CPU has it natively (kit.models.precision)
     seed: int = 0
 
     def __post_init__(self):

@@ -33,6 +33,7 @@ from kit.models.cellpose.data import _ImageSet, _median_diameters, _prepare, tar
 from kit.models.cellpose.model import CellposeSegmenter
 from kit.models.cellpose.network import _load_state_dict, _new_cellpose_model, _resolve_weights
 from kit.models.family import FitOptions
+from kit.models.precision import cpu_autocast, cpu_has_native_bf16
 from kit.models.schedule import BudgetClock, halving_tail
 
 
@@ -148,14 +149,15 @@ def _train_epoch(net, opt, data: _ImageSet, lr: float, diam_mean: float, cfg: Tr
     ``cfg.batch_size`` crops of the epoch's order (:func:`kit.distributed.rank_batches`), each
     crop seeded by (seed, epoch, its position in the order), so the steps are the same whatever
     the number of processes and ``cfg.accumulate``. ``cfg.amp_cpu``: the forward passes run
-    under bfloat16 autocast when the network is on the CPU (~1.75x faster per step on an
-    AVX512-BF16 CPU); the loss and the weights stay float32."""
+    under bfloat16 autocast when the network is on the CPU (``auto``: when the CPU has
+    native bfloat16, :mod:`kit.models.precision`; ~1.75x faster per step on an AVX512-BF16
+    CPU); the loss and the weights stay float32."""
     import contextlib
 
     import torch
 
     train_net = net if train_net is None else train_net
-    amp = cfg.amp_cpu and net.device.type == "cpu"
+    amp = net.device.type == "cpu" and cpu_autocast(cfg.amp_cpu)
     n = len(data)
     if cfg.nimg_per_epoch is None or cfg.nimg_per_epoch == n:
         order = np.random.permutation(n)
@@ -431,6 +433,9 @@ def _train_stages(run: _Run, options: FitOptions, log: Callable) -> float:
     t0 = time.time()
     clock = BudgetClock(options.time_budget_s, now=t0)
     ran = 0
+    on_cpu = run.device.type == "cpu"
+    log("cellpose_precision", amp_cpu=tcfg.amp_cpu, native_bf16=cpu_has_native_bf16(),
+        autocast="bfloat16" if on_cpu and cpu_autocast(tcfg.amp_cpu) else None)
     bar = tqdm(total=total, initial=run.done, desc="cellpose epochs", unit="ep",
                disable=not (options.progress and group.main))
     try:

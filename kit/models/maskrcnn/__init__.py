@@ -23,7 +23,9 @@ defaults and where each number came from in ``kit/configs/maskrcnn.yaml``) build
 ``predict(image, cell_type)`` -> label image (:mod:`kit.postprocess`) and
 ``predict_raw(image)`` -> :class:`kit.postprocess.Detections` (boxes, scores, classes, 28x28
 mask probabilities, in original-image coordinates) for tuning the post-processing without
-the network.
+the network. ``model.classes`` names the network's classes: the cell types (default; the
+image's type can be their vote) or :data:`ONE_CLASS` (``[cell]``: one class for every
+instance, the type given from outside, e.g. by the model folder's cell-type classifier).
 
 Pretrained weights come only from a user-supplied file (:func:`load_pretrained`): a
 torchvision Mask R-CNN checkpoint, a kit checkpoint (any class count: the class-specific head
@@ -35,11 +37,11 @@ samples), ``train`` (the training loop), ``family`` (the model-family protocol).
 """
 from __future__ import annotations
 
-from kit.models.maskrcnn.config import (DEFAULT_CONFIG_FILE, MaskRCNNConfig, ModelConfig,
-                                        TrainConfig, load_config)
+from kit.models.maskrcnn.config import (DEFAULT_CONFIG_FILE, ONE_CLASS, MaskRCNNConfig,
+                                        ModelConfig, TrainConfig, load_config)
 from kit.models.maskrcnn.model import MaskRCNNModel
 from kit.models.maskrcnn.network import build_network
 from kit.models.maskrcnn.weights import load_pretrained, read_weights_file
 
-__all__ = ["ModelConfig", "TrainConfig", "MaskRCNNConfig", "DEFAULT_CONFIG_FILE", "load_config",
+__all__ = ["ModelConfig", "TrainConfig", "MaskRCNNConfig", "DEFAULT_CONFIG_FILE", "ONE_CLASS", "load_config",
            "build_network", "load_pretrained", "read_weights_file", "MaskRCNNModel"]

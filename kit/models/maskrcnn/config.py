@@ -8,16 +8,24 @@ from pathlib import Path
 from typing import Literal
 
 from kit import CELL_TYPES
+from kit.models.precision import AmpSetting
 from kit.postprocess import PostprocessConfig
 
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "maskrcnn.yaml"
+
+ONE_CLASS = ("cell",)
+"""``model.classes: [cell]``: every instance of every cell type is one class; the image's cell
+type (which post-processing parameters paint it) is then given (``cell_type: given``), and
+the model's detections carry that type (:class:`kit.postprocess.Detections` over
+:data:`kit.CELL_TYPES`), so ensembles fuse them with any other member's."""
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Network settings; numbers and their sources in ``kit/configs/maskrcnn.yaml``."""
 
-    classes: tuple[str, ...] = CELL_TYPES   # network class k + 1 = classes[k] (0 = background)
+    classes: tuple[str, ...] = CELL_TYPES   # network class k + 1 = classes[k] (0 = background);
+                                            # ONE_CLASS = one class for every cell type
     backbone_depth: Literal[18, 34, 50, 101] = 50
     norm: Literal["bn", "gn", "frozen_bn"] = "bn"
     trainable_backbone_layers: int = 5
@@ -88,7 +96,8 @@ class TrainConfig:
     steps: tuple[float, ...] = (0.75, 0.9)  # "step": x0.1 at these fractions of the stage
     grad_clip: float = 10.0
     amp: bool = True                   # mixed precision on CUDA (float16 + loss scaler)
-    amp_cpu: bool = False              # bfloat16 autocast on CPU (the AMP code path without a GPU)
+    amp_cpu: AmpSetting = False        # bfloat16 autocast on CPU (the AMP code path without a GPU);
+                                       # auto = where the CPU has it natively (kit.models.precision)
     crop: int = 0                      # square random crop (network pixels); 0 = whole image
     hflip: bool = True
     vflip: bool = True
@@ -122,12 +131,18 @@ class TrainConfig:
 class MaskRCNNConfig:
     """The whole config file. ``cell_type``: ``vote`` = the image's type is the majority class
     of the detections (the seed); ``given`` = the type passed to ``predict`` (true types in OOF,
-    the ``celltype.joblib`` classifier in ``kit.predict``)."""
+    the ``celltype.joblib`` classifier in ``kit.predict``); ``given`` is required with
+    ``model.classes: [cell]`` (:data:`ONE_CLASS`)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     cell_type: Literal["vote", "given"] = "vote"
+
+    def __post_init__(self):
+        if tuple(self.model.classes) == ONE_CLASS and self.cell_type != "given":
+            raise ValueError("model.classes [cell] (one class for every cell type) has no class "
+                             "vote to take the image's cell type from: set cell_type: given")
 
 
 def load_config(path=None) -> MaskRCNNConfig:

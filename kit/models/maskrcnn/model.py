@@ -9,7 +9,7 @@ import numpy as np
 
 from kit import CELL_TYPES
 from kit.atomic import atomic_open
-from kit.models.maskrcnn.config import MaskRCNNConfig
+from kit.models.maskrcnn.config import ONE_CLASS, MaskRCNNConfig
 from kit.models.maskrcnn.network import build_network
 from kit.postprocess import Detections, paint, select
 
@@ -33,6 +33,19 @@ class MaskRCNNModel:
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.config.model.classes)
 
+    @property
+    def one_class(self) -> bool:
+        """True for ``model.classes: [cell]``: the image's cell type must be given."""
+        return self.class_names == ONE_CLASS
+
+    def _check_type(self, cell_type: str | None) -> None:
+        if cell_type is not None and cell_type not in CELL_TYPES:
+            raise ValueError(f"unknown cell_type {cell_type!r}; valid types are {list(CELL_TYPES)}")
+        if cell_type is None and self.one_class:
+            raise ValueError("this Mask R-CNN has one class for every cell type (model.classes "
+                             "[cell]): it needs the image's cell type (kit.predict: --cell-types "
+                             "or the model folder's celltype.joblib)")
+
     # -- inference ---------------------------------------------------------------------------
 
     def _stage1(self, image: np.ndarray):
@@ -52,22 +65,31 @@ class MaskRCNNModel:
         det = net.roi_heads.detect(feats, proposals, images.image_sizes)[0]
         return feats, images.image_sizes, det
 
-    def _to_detections(self, image_shape, image_size, det, masks=None) -> Detections:
+    def _to_detections(self, image_shape, image_size, det, masks=None,
+                       cell_type: str | None = None) -> Detections:
+        """Detections in original-image pixels; a one-class model's carry ``cell_type``
+        (classes over :data:`kit.CELL_TYPES`), every other model's its own class names."""
         h, w = image_shape
         rh, rw = h / image_size[0], w / image_size[1]
         boxes = det["boxes"].float().cpu().numpy() * np.array([rw, rh, rw, rh], np.float32)
-        return Detections(boxes, det["scores"].float().cpu().numpy(),
-                          det["labels"].cpu().numpy() - 1,
+        classes, names = det["labels"].cpu().numpy() - 1, self.class_names
+        if self.one_class:
+            classes, names = np.full(len(classes), CELL_TYPES.index(cell_type)), CELL_TYPES
+        return Detections(boxes, det["scores"].float().cpu().numpy(), classes,
                           None if masks is None else masks.float().cpu().numpy(),
-                          (h, w), self.class_names)
+                          (h, w), names)
 
-    def predict_raw(self, image: np.ndarray, score_thresh: float | None = None) -> Detections:
+    def predict_raw(self, image: np.ndarray, score_thresh: float | None = None,
+                    cell_type: str | None = None) -> Detections:
         """Raw detections (score >= ``score_thresh``, default all) with 28x28 mask probabilities.
 
         Cache these and re-run :func:`kit.postprocess.postprocess` with other parameters.
+        ``cell_type`` is needed by a one-class model (:attr:`one_class`): its detections are
+        all of that type; other models ignore it (their classes are their own).
         """
         import torch
 
+        self._check_type(cell_type)
         with torch.inference_mode():
             feats, sizes, det = self._stage1(image)
             if score_thresh is not None:
@@ -75,11 +97,12 @@ class MaskRCNNModel:
                 det = {k: v[keep] for k, v in det.items()}
             masks = self.net.roi_heads.mask_probs(feats, det["boxes"], det["labels"], sizes,
                                                   self.config.model.mask_chunk)
-        return self._to_detections(np.shape(image), sizes[0], det, masks)
+        return self._to_detections(np.shape(image), sizes[0], det, masks, cell_type)
 
     def predict(self, image: np.ndarray, cell_type: str | None = None) -> np.ndarray:
         """(H, W) int32 label image. The cell type is the detections' majority vote
-        (config ``cell_type: vote``) or ``cell_type`` (``given``; vote when None).
+        (config ``cell_type: vote``) or ``cell_type`` (``given``; vote when None, except for
+        a one-class model, which needs it).
 
         Same result as ``postprocess(predict_raw(image), ...)``, but the mask head runs only on
         the detections that survive the score threshold and box NMS.
@@ -87,13 +110,12 @@ class MaskRCNNModel:
         import torch
 
         pp = self.config.postprocess
-        if cell_type is not None and cell_type not in CELL_TYPES:
-            raise ValueError(f"unknown cell_type {cell_type!r}; valid types are {list(CELL_TYPES)}")
+        self._check_type(cell_type)
         given = cell_type if self.config.cell_type == "given" else None
         h, w = np.shape(image)
         with torch.inference_mode():
             feats, sizes, det = self._stage1(image)
-            dets = self._to_detections((h, w), sizes[0], det)
+            dets = self._to_detections((h, w), sizes[0], det, cell_type=cell_type)
             ct, idx = select(dets, given, pp)
             if ct is None or len(idx) == 0:
                 return np.zeros((h, w), np.int32)

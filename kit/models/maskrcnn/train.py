@@ -47,7 +47,8 @@ from kit.heap import release_free_memory
 from kit.models import torch_device
 from kit.models.family import FitOptions, _no_log
 from kit.models.livecell import livecell_classes
-from kit.models.maskrcnn.config import MaskRCNNConfig, load_config
+from kit.models.maskrcnn.config import ONE_CLASS, MaskRCNNConfig, load_config
+from kit.models.precision import cpu_autocast
 from kit.models.maskrcnn.model import MaskRCNNModel
 from kit.models.maskrcnn.network import build_network
 from kit.models.maskrcnn.weights import load_pretrained
@@ -144,7 +145,7 @@ class _Trainer:
         # mixed precision: float16 + a loss scaler on CUDA (train.amp); bfloat16 autocast on CPU
         # (train.amp_cpu: the same code path where there is no GPU; bfloat16 needs no scaler)
         cuda = self.device.type == "cuda"
-        use_amp = tcfg.amp if cuda else tcfg.amp_cpu
+        use_amp = tcfg.amp if cuda else cpu_autocast(tcfg.amp_cpu)
         amp_dtype = torch.float16 if cuda else torch.bfloat16
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cuda)
         start_epoch, iteration = 0, 0
@@ -320,9 +321,14 @@ def fit(train_records, val_records, out: Path, options: FitOptions = FitOptions(
     if pretrained is not None and not Path(pretrained).is_file():
         raise FileNotFoundError(f"--pretrained: file not found: {pretrained}")
     classes = list(cfg.model.classes)
-    unknown = sorted({r.cell_type for r in train_records} - set(classes))
-    if unknown:
-        raise ValueError(f"train images of cell type(s) {unknown} are not in model.classes {classes}")
+    if tuple(classes) == ONE_CLASS:  # every instance is a "cell"; the image's type is given
+        label_of = lambda r: 1  # noqa: E731
+    else:
+        unknown = sorted({r.cell_type for r in train_records} - set(classes))
+        if unknown:
+            raise ValueError(f"train images of cell type(s) {unknown} are not in model.classes "
+                             f"{classes}")
+        label_of = lambda r: classes.index(r.cell_type) + 1  # noqa: E731
 
     lc = list(options.livecell)
     if lc and cfg.train.livecell_epochs == 0:
@@ -347,7 +353,7 @@ def fit(train_records, val_records, out: Path, options: FitOptions = FitOptions(
             init = lc_path
     resume = state if state is not None and state["stage"] == "sartorius" else None
     net, stage_cfg, best = trainer.run_stage(
-        "sartorius", train_records, classes, lambda r: classes.index(r.cell_type) + 1,
+        "sartorius", train_records, classes, label_of,
         cfg.train.epochs, init=init, resume=resume, val=list(val_records), deadline=deadline)
     if not group.main:
         return None  # rank 0 saves and returns the model
