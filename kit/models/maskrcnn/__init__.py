@@ -43,5 +43,5 @@ from kit.models.maskrcnn.model import MaskRCNNModel
 from kit.models.maskrcnn.network import build_network
 from kit.models.maskrcnn.weights import load_pretrained, read_weights_file
 
-__all__ = ["ModelConfig", "TrainConfig", "MaskRCNNConfig", "DEFAULT_CONFIG_FILE", "ONE_CLASS", "load_config",
-           "build_network", "load_pretrained", "read_weights_file", "MaskRCNNModel"]
+__all__ = ["ModelConfig", "TrainConfig", "MaskRCNNConfig", "DEFAULT_CONFIG_FILE", "ONE_CLASS",
+           "load_config", "build_network", "load_pretrained", "read_weights_file", "MaskRCNNModel"]
