@@ -41,7 +41,7 @@ class SquareDetector:
     """An exact detector of :func:`squares_image`'s squares: box = the square, M x M mask =
     its pixels / 255, score = mean / 255, class = sum of its pixels % 3 (the same in every view)."""
 
-    def predict_raw(self, image, score_thresh=None):
+    def predict_raw(self, image, score_thresh=None, cell_type=None):
         lab, n = ndimage.label(image > 0)
         boxes, scores, classes, masks = [], [], [], []
         for sl in ndimage.find_objects(lab):

@@ -143,21 +143,20 @@ def _crops(data: _ImageSet, inds, diam_mean: float, cfg: TrainConfig, batch=None
 
 
 def _train_epoch(net, opt, data: _ImageSet, lr: float, diam_mean: float, cfg: TrainConfig,
-                 epoch: int = 0, train_net=None, group=SINGLE) -> tuple:
+                 epoch: int = 0, train_net=None, group=SINGLE, autocast: bool = False) -> tuple:
     """One epoch: ``(mean loss per crop, crops)`` over every process. ``train_net``: ``net``
     wrapped for several processes (DistributedDataParallel; None: ``net``). A global step takes
     ``cfg.batch_size`` crops of the epoch's order (:func:`kit.distributed.rank_batches`), each
     crop seeded by (seed, epoch, its position in the order), so the steps are the same whatever
-    the number of processes and ``cfg.accumulate``. ``cfg.amp_cpu``: the forward passes run
-    under bfloat16 autocast when the network is on the CPU (``auto``: when the CPU has
-    native bfloat16, :mod:`kit.models.precision`; ~1.75x faster per step on an AVX512-BF16
-    CPU); the loss and the weights stay float32."""
+    the number of processes and ``cfg.accumulate``. ``autocast``: the forward passes run
+    under bfloat16 autocast (the caller's reading of ``cfg.amp_cpu`` on a CPU,
+    :mod:`kit.models.precision`; ~1.75x faster per step on an AVX512-BF16 CPU); the loss and
+    the weights stay float32."""
     import contextlib
 
     import torch
 
     train_net = net if train_net is None else train_net
-    amp = net.device.type == "cpu" and cpu_autocast(cfg.amp_cpu)
     n = len(data)
     if cfg.nimg_per_epoch is None or cfg.nimg_per_epoch == n:
         order = np.random.permutation(n)
@@ -179,7 +178,7 @@ def _train_epoch(net, opt, data: _ImageSet, lr: float, diam_mean: float, cfg: Tr
             k += 1
             sync = j == len(step) - 1 or not group.distributed
             with (contextlib.nullcontext() if sync else train_net.no_sync()):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                     y = train_net(torch.from_numpy(imgi).to(net.device))[0]
                 loss = seg_loss(lbl, y.float())
                 (loss / len(step)).backward()
@@ -433,9 +432,9 @@ def _train_stages(run: _Run, options: FitOptions, log: Callable) -> float:
     t0 = time.time()
     clock = BudgetClock(options.time_budget_s, now=t0)
     ran = 0
-    on_cpu = run.device.type == "cpu"
+    autocast = run.device.type == "cpu" and cpu_autocast(tcfg.amp_cpu)  # read once per run
     log("cellpose_precision", amp_cpu=tcfg.amp_cpu, native_bf16=cpu_has_native_bf16(),
-        autocast="bfloat16" if on_cpu and cpu_autocast(tcfg.amp_cpu) else None)
+        autocast="bfloat16" if autocast else None)
     bar = tqdm(total=total, initial=run.done, desc="cellpose epochs", unit="ep",
                disable=not (options.progress and group.main))
     try:
@@ -456,7 +455,8 @@ def _train_stages(run: _Run, options: FitOptions, log: Callable) -> float:
                 # With a time budget the end-of-run decay happens in the budget's last fifth.
                 lr = float(rates[g - start]) * halving_tail(clock.fraction())
                 loss, n_crops = _train_epoch(run.net, opt, stage_data, lr, cfg.diam_mean, tcfg,
-                                             epoch=g, train_net=run.train_net, group=group)
+                                             epoch=g, train_net=run.train_net, group=group,
+                                             autocast=autocast)
                 release_free_memory()  # the epoch's freed heap (kit.heap)
                 if not math.isfinite(loss):
                     raise RuntimeError(f"training diverged: loss is {loss} at epoch {g + 1}; "

@@ -111,10 +111,12 @@ class Detectron2Model:
                           instances.pred_classes.cpu().numpy().astype(np.int64), masks, (h, w),
                           self.class_names)
 
-    def predict_raw(self, image: np.ndarray, score_thresh: float | None = None) -> Detections:
+    def predict_raw(self, image: np.ndarray, score_thresh: float | None = None,
+                    cell_type: str | None = None) -> Detections:
         """Raw detections of one (H, W) uint8 image: every box detectron2 keeps (score >=
         ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``, and >= ``score_thresh`` when given) with its 28x28
-        mask probabilities, boxes in original-image pixels (x1, y1, x2, y2), classes 0-based.
+        mask probabilities, boxes in original-image pixels (x1, y1, x2, y2), classes 0-based
+        (its own: ``cell_type``, which the Mask R-CNN family passes every detector, is unused).
 
         detectron2's own inference (``inference(..., do_postprocess=False)``, in two steps), boxes
         scaled back like its ``detector_postprocess``; the masks are painted by

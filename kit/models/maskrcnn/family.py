@@ -49,9 +49,7 @@ class MaskRCNNFamily(ModelFamily):
         return MaskRCNNModel.load(folder)
 
     def predict_raw(self, model, image: np.ndarray, cell_type: str, min_score=None):
-        if getattr(model, "one_class", False):  # its detections take the image's type
-            return model.predict_raw(image, score_thresh=min_score, cell_type=cell_type)
-        return model.predict_raw(image, score_thresh=min_score)  # also detectron2's models
+        return model.predict_raw(image, score_thresh=min_score, cell_type=cell_type)
 
     def postprocess_raw(self, raw, cell_type: str, params: dict, state: dict) -> np.ndarray:
         pp = kconfig.from_dict(PostprocessConfig, state["postprocess"], "tuning state: postprocess")

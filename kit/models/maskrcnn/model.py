@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kit import CELL_TYPES
+from kit import CELL_TYPES, check_cell_type
 from kit.atomic import atomic_open
 from kit.models.maskrcnn.config import ONE_CLASS, MaskRCNNConfig
 from kit.models.maskrcnn.network import build_network
@@ -39,9 +39,9 @@ class MaskRCNNModel:
         return self.class_names == ONE_CLASS
 
     def _check_type(self, cell_type: str | None) -> None:
-        if cell_type is not None and cell_type not in CELL_TYPES:
-            raise ValueError(f"unknown cell_type {cell_type!r}; valid types are {list(CELL_TYPES)}")
-        if cell_type is None and self.one_class:
+        if cell_type is not None:
+            check_cell_type(cell_type)
+        elif self.one_class:
             raise ValueError("this Mask R-CNN has one class for every cell type (model.classes "
                              "[cell]): it needs the image's cell type (kit.predict: --cell-types "
                              "or the model folder's celltype.joblib)")
