@@ -6,7 +6,7 @@ The model folder's ``model.json`` names its type (:mod:`kit.models`); every mode
 ``predict(image, cell_type) -> label image``. The cell type of each image comes from
 ``--cell-types`` (any CSV with ``id`` and ``cell_type`` columns, e.g. a train.csv, for
 cross-validation), else from the model folder's ``celltype.joblib`` classifier.
-Image ids: ``--ids`` (a sample_submission.csv) or every ``*.png`` in ``--images``.
+Image ids: ``--ids`` (any CSV with an ``id`` column, e.g. a sample_submission.csv) or every ``*.png`` in ``--images``.
 """
 from __future__ import annotations
 
@@ -42,11 +42,19 @@ def read_cell_types(path) -> dict[str, str]:
 
 
 def image_ids(images: Path, ids_csv: Path | None) -> list[str]:
-    """Ids to predict: the ``id`` column of ``ids_csv`` (order kept, deduplicated) or ``*.png``."""
+    """Ids to predict: the ``id`` column of ``ids_csv`` (any CSV with one, e.g. a
+    sample_submission.csv or a train.csv; order kept, deduplicated) or every ``*.png``."""
     if ids_csv is not None:
-        from kit.submission import read_prediction_rows
+        from kit.csvfile import at, read_csv
 
-        ids = list(read_prediction_rows(ids_csv))
+        cols, rows = read_csv(ids_csv, ("id",))
+        ids = []
+        for line, row in rows:
+            id_ = row[cols["id"]].strip()
+            if not id_:
+                raise ValueError(f"{at(ids_csv, line, 'id')}: empty id")
+            ids.append(id_)
+        ids = list(dict.fromkeys(ids))
     else:
         ids = sorted(p.stem for p in images.glob("*.png"))
     if not ids:

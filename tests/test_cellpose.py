@@ -419,6 +419,31 @@ def test_predict_raw_postprocess_and_cellpose_agree(trained, records):
         model.postprocess_raw(raw, {"flow_thresh": 0.1})
 
 
+def test_a_narrower_cpnet_trains_saves_and_loads(records, trained, tmp_path):
+    """width 16: CPnet [2, 16, 32, 64, 256] in training, in the saved weights and in the folder
+    loaded again (its style still cellpose's 256 long); weights of another width are refused
+    with the width to set."""
+    from kit.models.cellpose.model import CellposeSegmenter
+
+    cfg = dataclasses.replace(tiny_config(epochs=2), width=16)
+    model = fit(records, tmp_path / "w16", cfg, progress=False)
+    state = torch.load(tmp_path / "w16" / kcp.WEIGHTS, weights_only=True)
+    assert [state[f"downsample.down.res_down_{k}.conv.conv_0.2.weight"].shape[0]
+            for k in range(4)] == [16, 32, 64, 256]
+    n16 = sum(p.numel() for p in model.cp.net.parameters())
+    assert n16 == kcp_network.cpnet_params(16) < kcp_network.cpnet_params(32)
+    assert sum(p.numel() for p in trained[0].cp.net.parameters()) == kcp_network.cpnet_params(32)
+    loaded = CellposeSegmenter.load(tmp_path / "w16")
+    assert loaded.config.width == 16
+    assert loaded.predict_raw(records[0].load_image(), "cort")["style"].shape == (256,)
+    img = records[1].load_image()
+    assert np.array_equal(loaded.predict(img, "cort"), model.predict(img, "cort"))
+    with pytest.raises(ValueError, match="width 32 .*has width 16, set width: 16"):
+        fit(records, tmp_path / "w32", tiny_config(), pretrained=tmp_path / "w16", progress=False)
+    with pytest.raises(ConfigError, match="width"):
+        CellposeConfig.from_dict({**TINY, "width": 3})
+
+
 def test_size_model_styles_are_the_networks_own(trained):
     """The SizeModel's style vectors come from the downsample path alone: the very values of the
     full forward pass's second output."""

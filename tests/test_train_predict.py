@@ -35,6 +35,29 @@ def test_predict_writes_valid_submission(baseline_run, synth_dir, tmp_path):
     assert {line.split(",")[0] for line in sub.read_text().splitlines()[1:]} == set(ids)
 
 
+def test_predict_ids_from_any_csv_with_an_id_column(baseline_run, synth_dir, tmp_path):
+    """--ids reads the id column alone: a train.csv (an id on every row of its image) predicts
+    each of its images once, in order; an empty id names the file and line."""
+    out, _ = baseline_run
+    train = (synth_dir / "train.csv").read_text().splitlines()
+    header = train[0].split(",")
+    col = header.index("id")
+    first_two = list(dict.fromkeys(line.split(",")[col] for line in train[1:]))[:2]
+    ids = tmp_path / "two_images.csv"
+    ids.write_text("\n".join([train[0]] + [line for line in train[1:]
+                                            if line.split(",")[col] in first_two]) + "\n")
+    sub = tmp_path / "submission.csv"
+    done = run_module("kit.predict", "--model", out, "--images", synth_dir / "train",
+                      "--ids", ids, "--cell-types", synth_dir / "train.csv", "--out", sub, "--quiet")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(",")[0] for line in sub.read_text().splitlines()[1:]]
+    assert list(dict.fromkeys(rows)) == first_two
+    ids.write_text(f"cell_type,id\ncort,{first_two[0]}\ncort,\n")
+    done = run_module("kit.predict", "--model", out, "--images", synth_dir / "train",
+                      "--ids", ids, "--out", sub, "--quiet")
+    assert done.returncode == 2 and f"{ids} line 3" in done.stderr and "empty id" in done.stderr
+
+
 def test_predict_errors(baseline_run, synth_dir, tmp_path):
     done = run_module("kit.predict", "--model", tmp_path, "--images", synth_dir / "test",
                       "--out", tmp_path / "s.csv")

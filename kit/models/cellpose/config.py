@@ -146,6 +146,7 @@ def _default_cell_types() -> dict:
 @dataclass(frozen=True)
 class CellposeConfig:
     diam_mean: float = 30.0
+    width: int = 32                    # CPnet channels at the first level (nbase [2, w, 2w, 4w, 8w]); cellpose: 32
     train: TrainConfig = field(default_factory=TrainConfig)
     size_model: SizeModelConfig = field(default_factory=SizeModelConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
@@ -154,6 +155,9 @@ class CellposeConfig:
     def __post_init__(self):
         if not 5 <= self.diam_mean <= 200:
             raise ValueError(f"diam_mean must be in [5, 200] px, got {self.diam_mean!r}")
+        if not (isinstance(self.width, int) and 4 <= self.width <= 128):
+            raise ValueError(f"width must be a whole number in [4, 128] (cellpose's network: 32), "
+                             f"got {self.width!r}")
         unknown = [k for k in self.cell_types if k not in CELL_TYPES]
         if unknown:
             raise ValueError(f"cell_types: unknown cell type(s) {unknown}; valid are {list(CELL_TYPES)}")
@@ -178,4 +182,7 @@ def load_config(path=None) -> CellposeConfig:
 
 def _train_section(cfg: CellposeConfig) -> dict:
     """The part of the config a checkpoint depends on (resume refuses to change it)."""
-    return {"diam_mean": cfg.diam_mean, "train": _config.to_dict(cfg.train)}
+    section = {"diam_mean": cfg.diam_mean, "train": _config.to_dict(cfg.train)}
+    if cfg.width != 32:  # checkpoints written before the key existed hold cellpose's width
+        section["width"] = cfg.width
+    return section

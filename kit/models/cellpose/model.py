@@ -119,7 +119,7 @@ class CellposeSegmenter:
         weights = folder / doc.get("weights", WEIGHTS)
         if not weights.is_file():
             raise FileNotFoundError(f"{folder}: weights file {weights.name} is missing")
-        cp = _new_cellpose_model(cfg.diam_mean, inference=True)
+        cp = _new_cellpose_model(cfg.diam_mean, inference=True, width=cfg.width)
         _load_state_dict(cp.net, weights, cfg.diam_mean)
         cp.net.eval()
         cp.diam_mean = float(cp.net.diam_mean.item())

@@ -326,7 +326,7 @@ def fit(train_records, val_records, out_dir, options: FitOptions = FitOptions(),
                                 options.progress and group.main, log)
     torch_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.train.seed)  # the random initial weights, too, are a function of the seed
-    run = _Run(cfg, out, data, pre, val, _new_cellpose_model(cfg.diam_mean, inference=False).net,
+    run = _Run(cfg, out, data, pre, val, _new_cellpose_model(cfg.diam_mean, inference=False, width=cfg.width).net,
                device, pretrained, group=group)
     np_state = np.random.get_state()
     try:
@@ -405,7 +405,7 @@ def _restore(run: _Run, resume: bool, log: Callable) -> None:
     if resume:
         ckpt = torch.load(run.out / CHECKPOINT, map_location=run.device, weights_only=True)
         if ckpt.get("train_config") != _train_section(run.cfg):
-            raise ValueError(f"--resume: the config's diam_mean/train section differs from the "
+            raise ValueError(f"--resume: the config's diam_mean/width/train section differs from the "
                              f"checkpoint's ({ckpt.get('train_config')}); resume with the same "
                              "config, or start a new --out")
         if ckpt.get("train_ids") != run.data.ids:
