@@ -8,12 +8,10 @@ from pathlib import Path
 from kit.models.cellpose.config import WEIGHTS
 
 
-CPNET_PARAMS = 6_600_845  # cellpose 3's CPnet, nbase [2, 32, 64, 128, 256]
-_FIRST_CONV = "downsample.down.res_down_0.conv.conv_0.2.weight"  # (width, 2, 3, 3)
-
-
 STYLE_CHANNELS = 256  # the last level, whose mean is the style: cellpose's run_net, SizeModel
                       # and denoise hold 256-long style vectors, whatever the network
+CPNET_PARAMS = 6_600_845  # cellpose 3's CPnet, nbase [2, 32, 64, 128, 256]
+_FIRST_CONV = "downsample.down.res_down_0.conv.conv_0.2.weight"  # (width, 2, 3, 3)
 
 
 def cpnet_nbase(width: int) -> list[int]:
@@ -91,13 +89,12 @@ def _load_state_dict(net, path: Path, expect_diam_mean: float | None) -> None:
     missing = sorted(set(own) - set(state))
     bad = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
     if missing or bad:
-        width = int(own[_FIRST_CONV].shape[0])
-        found = (f"; the file's CPnet has width {int(state[_FIRST_CONV].shape[0])}, set width: "
-                 f"{int(state[_FIRST_CONV].shape[0])} in the config"
-                 if _FIRST_CONV in state and _FIRST_CONV not in missing and len(state[_FIRST_CONV].shape) == 4
-                 else "")
-        raise ValueError(f"{path}: not a CPnet of width {width} with 2 input channels and 3 "
-                         f"outputs (missing keys {missing[:3]}, shape mismatches {bad[:3]}){found}")
+        first = state.get(_FIRST_CONV)
+        hint = (f"; the file's CPnet has width {first.shape[0]}, set width: {first.shape[0]} in "
+                "the config" if getattr(first, "ndim", 0) == 4 else "")
+        raise ValueError(f"{path}: not a CPnet of width {own[_FIRST_CONV].shape[0]} with 2 input "
+                         f"channels and 3 outputs (missing keys {missing[:3]}, shape mismatches "
+                         f"{bad[:3]}){hint}")
     file_diam = float(state["diam_mean"].reshape(-1)[0])
     if expect_diam_mean is not None and not math.isclose(file_diam, expect_diam_mean, rel_tol=1e-4):
         raise ValueError(f"{path}: weights trained with diam_mean {file_diam:g}, config has "
