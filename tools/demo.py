@@ -222,7 +222,7 @@ def _main(argv=None, prog: str = "python -m tools.demo") -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     parser.add_argument("--budget", type=float, default=12.5,
                         help="training minutes per learned model (they train side by side); "
-                             "12.5 lets Cellpose finish its 40-epoch schedule")
+                             "12.5 keeps make demo under 20 minutes on a 2-core CPU")
     parser.add_argument("--tune", action="store_true",
                         help="tune every model's post-processing per cell type on a validation "
                              f"split ({TUNE_VAL_FRACTION * 100:.0f}%% of the training folds, kit.train "
