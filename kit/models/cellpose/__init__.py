@@ -16,6 +16,9 @@ Training (:func:`fit`)
       epoch; the random streams are re-seeded from ``(train.seed, epoch)`` at every epoch, so an
       interrupted run resumed from its checkpoint computes the same weights as one uninterrupted
       run. Learning rates: :func:`learning_rates` (cellpose 3.1's schedule).
+    * The network is cellpose's CPnet, ``width`` channels at its first level
+      (:func:`~kit.models.cellpose.network.cpnet_nbase`: ``[2, w, 2w, 4w, 256]``; cellpose's
+      own is 32, which its published weights need; the CPU demo recipe trains 16).
     * Optional first stage: ``train.livecell_epochs`` epochs on extra images (LIVECell via
       ``kit.data.read_coco``), then ``train.epochs`` on the competition images, with a fresh
       optimiser and schedule per stage.
