@@ -146,7 +146,7 @@ def _default_cell_types() -> dict:
 @dataclass(frozen=True)
 class CellposeConfig:
     diam_mean: float = 30.0
-    width: int = 32                    # CPnet channels at the first level (nbase [2, w, 2w, 4w, 8w]); cellpose: 32
+    width: int = 32                    # CPnet channels at the first level (nbase [2, w, 2w, 4w, 256]); cellpose: 32
     train: TrainConfig = field(default_factory=TrainConfig)
     size_model: SizeModelConfig = field(default_factory=SizeModelConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)

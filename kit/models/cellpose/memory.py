@@ -12,7 +12,9 @@ from kit.models.memory_plan import LIBS_MB, MB, MemoryPlan, params_mb, records_m
 # activations (the heap its steps leave behind; 2,260 MB measured against 1,745 MB for one
 # step with 38 real images, benchmarks.memory). A CPnet of another ``width`` scales the per-pixel
 # bytes by width / 32 (the full-resolution levels, which hold most of them, have width / 32 of
-# the channels) and has its own parameter count (kit.models.cellpose.network.cpnet_params).
+# the channels) and has its own parameter count (kit.models.cellpose.network.cpnet_params): for
+# cellpose_cpu.yaml (width 16, 4 crops of 128 px) the plan says 1.4 GB, the demo's kit.train run
+# peaked at 1.48 GB.
 TRAIN_FIXED_MB, TRAIN_BYTES_PER_PX, STEP_SLACK = 256, 5100, 1.55
 EVAL_FIXED_MB, EVAL_BYTES_PER_PX = 50, 1400
 STYLE_BYTES_PER_PX = 660
@@ -26,9 +28,9 @@ def memory_plan(config, train, val, livecell=()) -> MemoryPlan:
     from kit.models import torch_device
     from kit.models.cellpose.data import targets_cache_dir
 
-    t, s = config.train, config.size_model
     from kit.models.cellpose.network import cpnet_params
 
+    t, s = config.train, config.size_model
     w = config.width / 32
     passes = {"training": (t.batch_size * t.bsize ** 2, TRAIN_FIXED_MB, TRAIN_BYTES_PER_PX * w, STEP_SLACK),
               "SizeModel": (s.batch_size * s.bsize ** 2 if s.enabled else 0, EVAL_FIXED_MB,
