@@ -27,7 +27,6 @@ def memory_plan(config, train, val, livecell=()) -> MemoryPlan:
     """The plan of :func:`kit.models.cellpose.train.fit` with ``config`` on these records."""
     from kit.models import torch_device
     from kit.models.cellpose.data import targets_cache_dir
-
     from kit.models.cellpose.network import cpnet_params
 
     t, s = config.train, config.size_model
