@@ -2,6 +2,7 @@
 checked to exist (never a download)."""
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -10,7 +11,6 @@ from kit.models.cellpose.config import WEIGHTS
 
 STYLE_CHANNELS = 256  # the last level, whose mean is the style: cellpose's run_net, SizeModel
                       # and denoise hold 256-long style vectors, whatever the network
-CPNET_PARAMS = 6_600_845  # cellpose 3's CPnet, nbase [2, 32, 64, 128, 256]
 _FIRST_CONV = "downsample.down.res_down_0.conv.conv_0.2.weight"  # (width, 2, 3, 3)
 
 
@@ -21,14 +21,19 @@ def cpnet_nbase(width: int) -> list[int]:
     return [2, width, 2 * width, 4 * width, STYLE_CHANNELS]
 
 
-def cpnet_params(width: int) -> int:
-    """The number of parameters of CPnet with :func:`cpnet_nbase` ``(width)`` (6,600,845 for
-    cellpose's width 32; 5,158,605 for 16: the 256-channel last level holds most of them)."""
-    if width == 32:
-        return CPNET_PARAMS
+def new_cpnet(width: int, diam_mean: float = 30.0, mkldnn: bool = False):
+    """A random-init CPnet of :func:`cpnet_nbase` ``(width)`` channels and 3 outputs, built as
+    ``CellposeModel`` builds its own (3x3 convolutions, max pooling)."""
     from cellpose.resnet_torch import CPnet
 
-    return sum(p.numel() for p in CPnet(cpnet_nbase(width), 3, sz=3, mkldnn=False).parameters())
+    return CPnet(cpnet_nbase(width), 3, sz=3, mkldnn=mkldnn, max_pool=True, diam_mean=diam_mean)
+
+
+@functools.lru_cache(maxsize=None)
+def cpnet_params(width: int) -> int:
+    """The number of parameters of :func:`new_cpnet` ``(width)`` (6,600,845 for cellpose's
+    width 32; 5,158,605 for 16: the 256-channel last level holds most of them)."""
+    return sum(p.numel() for p in new_cpnet(width).parameters())
 
 
 def _new_cellpose_model(diam_mean: float, inference: bool, width: int = 32):
@@ -45,12 +50,9 @@ def _new_cellpose_model(diam_mean: float, inference: bool, width: int = 32):
 
     cp = models.CellposeModel(gpu=torch.cuda.is_available(), pretrained_model=False,
                               diam_mean=float(diam_mean), mkldnn=inference, nchan=2)
-    if width != 32:
-        from cellpose.resnet_torch import CPnet
-
+    if width != 32:  # CellposeModel takes no widths: its own net is replaced
         cp.nbase = cpnet_nbase(width)
-        cp.net = CPnet(cp.nbase, cp.nclasses, sz=3, mkldnn=cp.mkldnn, max_pool=True,
-                       diam_mean=cp.diam_mean).to(cp.device)
+        cp.net = new_cpnet(width, cp.diam_mean, cp.mkldnn).to(cp.device)
     if not inference:
         cp.net.mkldnn = False
     return cp
