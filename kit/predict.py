@@ -18,19 +18,29 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 
+def _id_rows(path, columns: tuple[str, ...]):
+    """``(line, id, {column: stripped value})`` of every row of a CSV holding ``columns``
+    (``id`` among them); an empty id is an error naming the file and line."""
+    from kit.csvfile import at, read_csv
+
+    cols, rows = read_csv(path, columns)
+    for line, row in rows:
+        values = {c: row[cols[c]].strip() for c in columns}
+        if not values["id"]:
+            raise ValueError(f"{at(path, line, 'id')}: empty id")
+        yield line, values["id"], values
+
+
 def read_cell_types(path) -> dict[str, str]:
     """``id -> cell_type`` from a CSV with ``id`` and ``cell_type`` columns (e.g. a train.csv,
     whose id repeats on every row of an image: repeats must agree)."""
     from kit import CELL_TYPES
-    from kit.csvfile import at, read_csv
+    from kit.csvfile import at
 
-    cols, rows = read_csv(path, ("id", "cell_type"))
     out: dict[str, str] = {}
     first: dict[str, int] = {}
-    for line, row in rows:
-        id_, cell_type = row[cols["id"]].strip(), row[cols["cell_type"]].strip()
-        if not id_:
-            raise ValueError(f"{at(path, line, 'id')}: empty id")
+    for line, id_, values in _id_rows(path, ("id", "cell_type")):
+        cell_type = values["cell_type"]
         if cell_type not in CELL_TYPES:
             raise ValueError(f"{at(path, line, 'cell_type')}: unknown cell type {cell_type!r}; "
                              f"valid: {list(CELL_TYPES)}")
@@ -45,16 +55,7 @@ def image_ids(images: Path, ids_csv: Path | None) -> list[str]:
     """Ids to predict: the ``id`` column of ``ids_csv`` (any CSV with one, e.g. a
     sample_submission.csv or a train.csv; order kept, deduplicated) or every ``*.png``."""
     if ids_csv is not None:
-        from kit.csvfile import at, read_csv
-
-        cols, rows = read_csv(ids_csv, ("id",))
-        ids = []
-        for line, row in rows:
-            id_ = row[cols["id"]].strip()
-            if not id_:
-                raise ValueError(f"{at(ids_csv, line, 'id')}: empty id")
-            ids.append(id_)
-        ids = list(dict.fromkeys(ids))
+        ids = list(dict.fromkeys(id_ for _, id_, _ in _id_rows(ids_csv, ("id",))))
     else:
         ids = sorted(p.stem for p in images.glob("*.png"))
     if not ids:
