@@ -358,3 +358,56 @@ def test_one_class_model_trains_and_paints_with_the_given_type(synth_dir, tiny_c
                       "--ids", synth_dir / "sample_submission.csv", "--out", sub, "--quiet")
     assert done.returncode == 0, done.stderr
     assert "validated" in done.stdout and sub.is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# a narrower FPN (model.fpn_channels)
+
+
+def test_fpn_channels_and_mask_pool_size_out_of_range_are_config_errors(tmp_path):
+    bad = tmp_path / "narrow.yaml"
+    bad.write_text("model:\n  fpn_channels: 8\n")
+    with pytest.raises(kconfig.ConfigError, match=r"fpn_channels must be in \[16, 512\], got 8"):
+        load_config(bad)
+    bad.write_text("model:\n  mask_pool_size: 6\n")
+    with pytest.raises(kconfig.ConfigError, match=r"mask_pool_size must be in \[7, 56\], got 6"):
+        load_config(bad)
+
+
+def test_a_narrower_fpn_with_finer_masks_trains_saves_and_loads(synth_dir, tiny_cfg, tmp_path):
+    """fpn_channels narrows every FPN level and the mask head, mask_pool_size sets its ROIAlign
+    (masks twice that); kit.train trains, saves and scores such a model, and the folder loads
+    the same weights into the same shapes."""
+    from kit.train import main
+
+    cfg = tmp_path / "narrow.yaml"
+    cfg.write_text(tiny_cfg.read_text().replace("model:\n", "model:\n  fpn_channels: 64\n"
+                                                             "  mask_pool_size: 21\n"))
+    out = tmp_path / "run"
+    assert main(["maskrcnn", "--data", str(synth_dir), "--fold", "0", "--n-folds", "2",
+                 "--config", str(cfg), "--out", str(out), "--time-budget", "0", "--quiet"]) == 0
+    model = MaskRCNNModel.load(out, device="cpu")
+    net = model.net
+    assert model.config.model.fpn_channels == 64 and net.backbone.out_channels == 64
+    assert {b[0].out_channels for b in net.backbone.fpn.layer_blocks} == {64}
+    wide = build_network(dataclasses.replace(model.config.model, fpn_channels=256))
+    inner = lambda n: [b[0].in_channels for b in n.backbone.fpn.inner_blocks]  # noqa: E731
+    assert inner(net) == inner(wide) == [256, 512, 1024, 2048]   # the ResNet's stages, unchanged
+    assert {layer[0].out_channels for layer in net.roi_heads.mask_head} == {64}
+    assert net.roi_heads.mask_predictor.conv5_mask.in_channels == 64
+    assert net.roi_heads.box_head.fc6.in_features == 64 * 7 * 7
+    assert net.roi_heads.box_predictor.cls_score.out_features == 4   # 3 cell types + background
+    count = lambda n: sum(p.numel() for p in n.parameters())  # noqa: E731
+    assert count(net) < count(wide) / 1.5
+    saved = torch.load(out / "model.pt", weights_only=True)["model"]
+    for k, v in net.state_dict().items():
+        assert torch.equal(saved[k], v), k
+    assert json.loads((out / "oof_score.json").read_text())["n_images"] > 0
+    from kit.data import read_competition_dir
+
+    test = read_competition_dir(synth_dir).test[0]
+    assert net.roi_heads.mask_roi_pool.output_size == (21, 21)
+    raw = model.predict_raw(test.load_image())
+    assert raw.masks.shape[1:] == (42, 42)
+    labels = model.predict(test.load_image(), "cort")
+    assert labels.dtype == np.int32 and labels.shape == test.shape

@@ -27,6 +27,8 @@ class ModelConfig:
     classes: tuple[str, ...] = CELL_TYPES   # network class k + 1 = classes[k] (0 = background);
                                             # ONE_CLASS = one class for every cell type
     backbone_depth: Literal[18, 34, 50, 101] = 50
+    fpn_channels: int = 256                 # FPN levels and mask head; 256 = torchvision/detectron2
+    mask_pool_size: int = 14                # ROIAlign size of the mask head; its masks are twice that
     norm: Literal["bn", "gn", "frozen_bn"] = "bn"
     trainable_backbone_layers: int = 5
     stride_in_1x1: bool = False
@@ -65,6 +67,10 @@ class ModelConfig:
         if not 0 <= self.trainable_backbone_layers <= 5:
             raise ValueError(f"trainable_backbone_layers must be in [0, 5], got "
                              f"{self.trainable_backbone_layers}")
+        if not 16 <= self.fpn_channels <= 512:
+            raise ValueError(f"fpn_channels must be in [16, 512], got {self.fpn_channels!r}")
+        if not 7 <= self.mask_pool_size <= 56:
+            raise ValueError(f"mask_pool_size must be in [7, 56], got {self.mask_pool_size!r}")
         if self.stride_in_1x1 and self.backbone_depth < 50:
             raise ValueError("stride_in_1x1 applies to bottleneck ResNets (backbone_depth >= 50)")
         if not self.train_min_sizes or min(self.train_min_sizes) < 32:

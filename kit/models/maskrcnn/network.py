@@ -221,6 +221,28 @@ def _make_anchor_generator(mcfg: ModelConfig):
                 aspect_ratios=(tuple(mcfg.aspect_ratios),) * len(mcfg.anchor_sizes))
 
 
+def _narrow_fpn(backbone, channels: int, num_classes: int) -> dict:
+    """Give ``backbone`` an FPN of ``channels`` per level (torchvision's is 256) and return the
+    MaskRCNN keyword arguments of a mask head as wide (four 3x3 convs of ``channels``, then the
+    2x deconvolution) and of the box predictor it then needs too; ``{"num_classes": n}`` for
+    256, torchvision's own. The FPN's 3x3 convolutions on the
+    stride-4 level and the mask head's on every positive ROI are most of a CPU step, and both
+    scale with ``channels`` squared."""
+    if channels == 256:
+        return {"num_classes": num_classes}
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+
+    fpn = backbone.fpn
+    in_channels = [block[0].in_channels for block in fpn.inner_blocks]
+    backbone.fpn = FeaturePyramidNetwork(in_channels, channels, extra_blocks=LastLevelMaxPool())
+    backbone.out_channels = channels
+    return {"num_classes": None, "box_predictor": FastRCNNPredictor(1024, num_classes),
+            "mask_head": MaskRCNNHeads(channels, (channels,) * 4, 1),
+            "mask_predictor": MaskRCNNPredictor(channels, channels, num_classes)}
+
+
 def build_network(mcfg: ModelConfig):
     """torchvision ``MaskRCNN`` from ``mcfg`` (random init; no weights are ever downloaded)."""
     from torchvision.models.detection import MaskRCNN
@@ -231,10 +253,11 @@ def build_network(mcfg: ModelConfig):
                                    trainable_layers=mcfg.trainable_backbone_layers)
     if mcfg.stride_in_1x1:
         apply_stride_in_1x1(backbone.body)
+    heads = _narrow_fpn(backbone, mcfg.fpn_channels, len(mcfg.classes) + 1)
     anchors = _make_anchor_generator(mcfg)
     names = ["0", "1", "2", "3"]
     net = MaskRCNN(
-        backbone, num_classes=len(mcfg.classes) + 1,
+        backbone,
         min_size=mcfg.test_min_size, max_size=mcfg.test_max_size,
         image_mean=list(mcfg.image_mean), image_std=list(mcfg.image_std),
         rpn_anchor_generator=anchors,
@@ -245,11 +268,12 @@ def build_network(mcfg: ModelConfig):
         rpn_nms_thresh=mcfg.rpn_nms_thresh,
         rpn_batch_size_per_image=mcfg.rpn_batch_size_per_image,
         box_roi_pool=_make_pooler(names, 7, mcfg.roi_sampling_ratio, mcfg.roi_align_aligned),
-        mask_roi_pool=_make_pooler(names, 14, mcfg.roi_sampling_ratio, mcfg.roi_align_aligned),
+        mask_roi_pool=_make_pooler(names, mcfg.mask_pool_size, mcfg.roi_sampling_ratio,
+                                   mcfg.roi_align_aligned),
         box_score_thresh=mcfg.box_score_thresh, box_nms_thresh=mcfg.box_nms_thresh,
         box_detections_per_img=mcfg.box_detections_per_img,
         box_batch_size_per_image=mcfg.box_batch_size_per_image,
-        box_positive_fraction=mcfg.box_positive_fraction)
+        box_positive_fraction=mcfg.box_positive_fraction, **heads)
     net.transform = _make_transform(mcfg)
     net.roi_heads = _make_roi_heads(net.roi_heads, mcfg)
     # detectron2's initialisation of the predictors (torchvision's Kaiming init of the mask
