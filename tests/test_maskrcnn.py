@@ -378,6 +378,7 @@ def test_a_narrower_fpn_with_finer_masks_trains_saves_and_loads(synth_dir, tiny_
     """fpn_channels narrows every FPN level and the mask head, mask_pool_size sets its ROIAlign
     (masks twice that); kit.train trains, saves and scores such a model, and the folder loads
     the same weights into the same shapes."""
+    from kit.data import read_competition_dir
     from kit.train import main
 
     cfg = tmp_path / "narrow.yaml"
@@ -403,11 +404,10 @@ def test_a_narrower_fpn_with_finer_masks_trains_saves_and_loads(synth_dir, tiny_
     for k, v in net.state_dict().items():
         assert torch.equal(saved[k], v), k
     assert json.loads((out / "oof_score.json").read_text())["n_images"] > 0
-    from kit.data import read_competition_dir
 
     test = read_competition_dir(synth_dir).test[0]
+    image = test.load_image()
     assert net.roi_heads.mask_roi_pool.output_size == (21, 21)
-    raw = model.predict_raw(test.load_image())
-    assert raw.masks.shape[1:] == (42, 42)
-    labels = model.predict(test.load_image(), "cort")
+    assert model.predict_raw(image).masks.shape[1:] == (42, 42)
+    labels = model.predict(image, "cort")
     assert labels.dtype == np.int32 and labels.shape == test.shape

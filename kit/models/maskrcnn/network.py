@@ -224,10 +224,10 @@ def _make_anchor_generator(mcfg: ModelConfig):
 def _narrow_fpn(backbone, channels: int, num_classes: int) -> dict:
     """Give ``backbone`` an FPN of ``channels`` per level (torchvision's is 256) and return the
     MaskRCNN keyword arguments of a mask head as wide (four 3x3 convs of ``channels``, then the
-    2x deconvolution) and of the box predictor it then needs too; ``{"num_classes": n}`` for
-    256, torchvision's own. The FPN's 3x3 convolutions on the
-    stride-4 level and the mask head's on every positive ROI are most of a CPU step, and both
-    scale with ``channels`` squared."""
+    2x deconvolution) and of the box predictor it then needs too (on torchvision's 1024-wide
+    box head); ``{"num_classes": n}`` for 256, torchvision's own heads. The FPN's 3x3
+    convolutions on the stride-4 level and the mask head's on every positive ROI are most of a
+    CPU step, and both scale with ``channels`` squared."""
     if channels == 256:
         return {"num_classes": num_classes}
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
