@@ -12,7 +12,7 @@ from kit import config as kconfig
 from kit.models.maskrcnn import (DEFAULT_CONFIG_FILE, MaskRCNNConfig, MaskRCNNModel, ModelConfig,
                                  build_network, load_config, load_pretrained)
 from kit.models.maskrcnn.data import (InstanceDataset, augment, boxes_of, instance_crops,
-                                      instance_crops_reference)
+                                      instance_crops_reference, repeat_by_type)
 from kit.models.maskrcnn.network import crop_mask_targets
 from kit.postprocess import postprocess
 from tests.conftest import TINY_MASKRCNN as TINY
@@ -149,6 +149,31 @@ def test_dataset_sample_is_consistent(synth_dir):
     x2, _ = ds[0]
     ds.set_epoch(0)
     assert torch.equal(ds[0][0], x)   # deterministic in (seed, epoch, index)
+
+
+def test_repeat_lists_a_cell_types_images_again_each_copy_its_own_crop(synth_dir, tmp_path):
+    from kit.data import read_competition_dir
+
+    recs = read_competition_dir(synth_dir).train
+    astro = [r.id for r in recs if r.cell_type == "astro"]
+    assert astro and len(astro) < len(recs)
+    rep = repeat_by_type(recs, {"astro": 3})
+    assert len(rep) == len(recs) + 2 * len(astro)
+    assert [r.id for r in rep if r.cell_type == "astro"] == [i for i in astro for _ in range(3)]
+    assert [r.id for r in rep if r.cell_type != "astro"] == [r.id for r in recs if r.cell_type != "astro"]
+    assert [r.id for r in repeat_by_type(recs, {})] == [r.id for r in recs]
+    ds = InstanceDataset(rep, lambda r: 1, [300], 600, crop=64, seed=3)
+    first = next(i for i, r in enumerate(rep) if r.cell_type == "astro")
+    crops = [ds[first + k][0] for k in range(3)]   # one image, three copies: three crops
+    assert not torch.equal(crops[0], crops[1]) and not torch.equal(crops[1], crops[2])
+
+    bad = tmp_path / "repeat.yaml"
+    bad.write_text("train:\n  repeat: {glia: 2}\n")
+    with pytest.raises(kconfig.ConfigError, match=r"train: repeat: unknown cell type 'glia'"):
+        load_config(bad)
+    bad.write_text("train:\n  repeat: {astro: 0}\n")
+    with pytest.raises(kconfig.ConfigError, match=r"repeat.astro must be >= 1, got 0"):
+        load_config(bad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,16 +402,27 @@ def test_fpn_channels_and_mask_pool_size_out_of_range_are_config_errors(tmp_path
 def test_a_narrower_fpn_with_finer_masks_trains_saves_and_loads(synth_dir, tiny_cfg, tmp_path):
     """fpn_channels narrows every FPN level and the mask head, mask_pool_size sets its ROIAlign
     (masks twice that); kit.train trains, saves and scores such a model, and the folder loads
-    the same weights into the same shapes."""
+    the same weights into the same shapes. train.repeat lengthens the pass by the copies."""
     from kit.data import read_competition_dir
     from kit.train import main
 
     cfg = tmp_path / "narrow.yaml"
     cfg.write_text(tiny_cfg.read_text().replace("model:\n", "model:\n  fpn_channels: 64\n"
-                                                             "  mask_pool_size: 21\n"))
+                                                             "  mask_pool_size: 21\n")
+                   .replace("train:\n", "train:\n  repeat: {astro: 2}\n"))
     out = tmp_path / "run"
     assert main(["maskrcnn", "--data", str(synth_dir), "--fold", "0", "--n-folds", "2",
                  "--config", str(cfg), "--out", str(out), "--time-budget", "0", "--quiet"]) == 0
+    events = [json.loads(line) for line in (out / "train.log").read_text().splitlines()]
+    split = next(e for e in events if e["event"] == "split")
+    stage = next(e for e in events if e["event"] == "stage")
+    val = {row["id"] for row in csv.DictReader(open(out / "val.csv"))}
+    fit = [row["id"] for row in csv.DictReader(open(out / "folds.csv"))
+           if row["fold"] != "0" and row["id"] not in val]
+    types = {r.id: r.cell_type for r in read_competition_dir(synth_dir).train}
+    n_astro = sum(types[i] == "astro" for i in fit)
+    assert len(fit) == split["n_train"] and n_astro > 0
+    assert stage["repeat"] == {"astro": 2} and stage["n_images"] == len(fit) + n_astro
     model = MaskRCNNModel.load(out, device="cpu")
     net = model.net
     assert model.config.model.fpn_channels == 64 and net.backbone.out_channels == 64

@@ -108,6 +108,8 @@ class TrainConfig:
     hflip: bool = True
     vflip: bool = True
     rot90: bool = True
+    repeat: dict[str, int] = field(default_factory=dict)  # cell type -> copies of each of its
+                                       # images in a pass of the Sartorius stage (missing = 1)
     eval_every: int = 1                # epochs between validation evaluations
     eval_max_images: int = 0           # 0 = the whole held-out fold
     max_iters_per_epoch: int = 0       # 0 = one pass over the images
@@ -128,6 +130,11 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.crop and self.crop < 32:
             raise ValueError(f"crop must be 0 or >= 32, got {self.crop!r}")
+        for cell_type, copies in self.repeat.items():
+            if cell_type not in CELL_TYPES:
+                raise ValueError(f"repeat: unknown cell type {cell_type!r} (known: {list(CELL_TYPES)})")
+            if copies < 1:
+                raise ValueError(f"repeat.{cell_type} must be >= 1, got {copies!r}")
         if self.batch_size % self.accumulate:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of accumulate "
                              f"{self.accumulate}")

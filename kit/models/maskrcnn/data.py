@@ -146,6 +146,13 @@ def augment(image: np.ndarray, crops: np.ndarray, origin: np.ndarray, *, hflip=F
     return np.ascontiguousarray(image), np.ascontiguousarray(crops), origin
 
 
+def repeat_by_type(records: Sequence, repeat: dict) -> list:
+    """``records`` with each record of cell type ``t`` listed ``repeat[t]`` times in a row
+    (missing types and records without a type: once). A dataset over the result samples each
+    copy with its own randomness (its own index), so a pass sees that many different crops."""
+    return [r for r in records for _ in range(int(repeat.get(r.cell_type, 1)))]
+
+
 class InstanceDataset:
     """Map-style dataset of :class:`kit.data.ImageRecord` for Mask R-CNN training.
 

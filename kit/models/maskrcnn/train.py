@@ -134,7 +134,7 @@ class _Trainer:
         """Train one stage; returns the best-eval record ``{"map", "epoch"}`` (or None)."""
         import torch
 
-        from kit.models.maskrcnn.data import InstanceDataset, collate
+        from kit.models.maskrcnn.data import InstanceDataset, collate, repeat_by_type
 
         cfg, tcfg = self.cfg, self.cfg.train
         mcfg = dataclasses.replace(cfg.model, classes=tuple(classes))
@@ -160,6 +160,8 @@ class _Trainer:
         elif init is not None:
             report = load_pretrained(net, init, list(classes))
             self.log("pretrained", stage=stage, **report)
+        if stage == "sartorius":
+            records = repeat_by_type(records, tcfg.repeat)
         ds = InstanceDataset(records, label_of, mcfg.train_min_sizes, mcfg.train_max_size,
                              crop=tcfg.crop, hflip=tcfg.hflip, vflip=tcfg.vflip, rot90=tcfg.rot90,
                              seed=tcfg.seed)
@@ -175,6 +177,7 @@ class _Trainer:
         self.log("stage", stage=stage, n_images=len(ds), classes=list(classes), epochs=epochs,
                  iters_per_epoch=per_epoch, start_epoch=start_epoch, device=str(self.device),
                  processes=group.world, accumulate=tcfg.accumulate,
+                 repeat=dict(tcfg.repeat) if stage == "sartorius" else {},
                  autocast=str(amp_dtype).replace("torch.", "") if use_amp else None)
         params = [p for p in net.parameters() if p.requires_grad]
         nonfinite = 0
