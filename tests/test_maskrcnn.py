@@ -32,6 +32,14 @@ def tiny_cfg(tmp_path_factory):
 # config and network
 
 
+def _assert_config_error(tmp_path, text: str, match: str) -> None:
+    """The config file ``text`` (written to disk) fails to load with ``match`` in the error."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(kconfig.ConfigError, match=match):
+        load_config(bad)
+
+
 def test_default_yaml_equals_dataclass_defaults_and_unknown_keys_fail(tmp_path):
     assert kconfig.to_dict(load_config()) == kconfig.to_dict(MaskRCNNConfig())
     assert DEFAULT_CONFIG_FILE.is_file()
@@ -167,13 +175,9 @@ def test_repeat_lists_a_cell_types_images_again_each_copy_its_own_crop(synth_dir
     crops = [ds[first + k][0] for k in range(3)]   # one image, three copies: three crops
     assert not torch.equal(crops[0], crops[1]) and not torch.equal(crops[1], crops[2])
 
-    bad = tmp_path / "repeat.yaml"
-    bad.write_text("train:\n  repeat: {glia: 2}\n")
-    with pytest.raises(kconfig.ConfigError, match=r"train: repeat: unknown cell type 'glia'"):
-        load_config(bad)
-    bad.write_text("train:\n  repeat: {astro: 0}\n")
-    with pytest.raises(kconfig.ConfigError, match=r"repeat.astro must be >= 1, got 0"):
-        load_config(bad)
+    _assert_config_error(tmp_path, "train:\n  repeat: {glia: 2}\n",
+                         r"train: repeat: unknown cell type 'glia'")
+    _assert_config_error(tmp_path, "train:\n  repeat: {astro: 0}\n", r"repeat.astro must be >= 1, got 0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,13 +394,10 @@ def test_one_class_model_trains_and_paints_with_the_given_type(synth_dir, tiny_c
 
 
 def test_fpn_channels_and_mask_pool_size_out_of_range_are_config_errors(tmp_path):
-    bad = tmp_path / "narrow.yaml"
-    bad.write_text("model:\n  fpn_channels: 8\n")
-    with pytest.raises(kconfig.ConfigError, match=r"fpn_channels must be in \[16, 512\], got 8"):
-        load_config(bad)
-    bad.write_text("model:\n  mask_pool_size: 6\n")
-    with pytest.raises(kconfig.ConfigError, match=r"mask_pool_size must be in \[7, 56\], got 6"):
-        load_config(bad)
+    _assert_config_error(tmp_path, "model:\n  fpn_channels: 8\n",
+                         r"fpn_channels must be in \[16, 512\], got 8")
+    _assert_config_error(tmp_path, "model:\n  mask_pool_size: 6\n",
+                         r"mask_pool_size must be in \[7, 56\], got 6")
 
 
 def test_a_narrower_fpn_with_finer_masks_trains_saves_and_loads(synth_dir, tiny_cfg, tmp_path):
