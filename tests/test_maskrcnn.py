@@ -417,9 +417,8 @@ def test_a_narrower_fpn_with_finer_masks_trains_saves_and_loads(synth_dir, tiny_
     events = [json.loads(line) for line in (out / "train.log").read_text().splitlines()]
     split = next(e for e in events if e["event"] == "split")
     stage = next(e for e in events if e["event"] == "stage")
-    val = {row["id"] for row in csv.DictReader(open(out / "val.csv"))}
-    fit = [row["id"] for row in csv.DictReader(open(out / "folds.csv"))
-           if row["fold"] != "0" and row["id"] not in val]
+    val = {row["id"] for row in _rows(out / "val.csv")}
+    fit = [row["id"] for row in _rows(out / "folds.csv") if row["fold"] != "0" and row["id"] not in val]
     types = {r.id: r.cell_type for r in read_competition_dir(synth_dir).train}
     n_astro = sum(types[i] == "astro" for i in fit)
     assert len(fit) == split["n_train"] and n_astro > 0

@@ -160,11 +160,10 @@ class _Trainer:
         elif init is not None:
             report = load_pretrained(net, init, list(classes))
             self.log("pretrained", stage=stage, **report)
-        if stage == "sartorius":
-            records = repeat_by_type(records, tcfg.repeat)
-        ds = InstanceDataset(records, label_of, mcfg.train_min_sizes, mcfg.train_max_size,
-                             crop=tcfg.crop, hflip=tcfg.hflip, vflip=tcfg.vflip, rot90=tcfg.rot90,
-                             seed=tcfg.seed)
+        repeat = dict(tcfg.repeat) if stage == "sartorius" else {}
+        ds = InstanceDataset(repeat_by_type(records, repeat), label_of, mcfg.train_min_sizes,
+                             mcfg.train_max_size, crop=tcfg.crop, hflip=tcfg.hflip, vflip=tcfg.vflip,
+                             rot90=tcfg.rot90, seed=tcfg.seed)
         micro_batch(tcfg.batch_size, group.world, tcfg.accumulate)  # a ValueError if it does not divide
         train_net = self._wrap(net)
         if group.distributed:  # the same weights everywhere (DDP broadcast rank 0's); each rank
@@ -177,7 +176,7 @@ class _Trainer:
         self.log("stage", stage=stage, n_images=len(ds), classes=list(classes), epochs=epochs,
                  iters_per_epoch=per_epoch, start_epoch=start_epoch, device=str(self.device),
                  processes=group.world, accumulate=tcfg.accumulate,
-                 repeat=dict(tcfg.repeat) if stage == "sartorius" else {},
+                 repeat=repeat,
                  autocast=str(amp_dtype).replace("torch.", "") if use_amp else None)
         params = [p for p in net.parameters() if p.requires_grad]
         nonfinite = 0
