@@ -447,3 +447,90 @@ def test_a_narrower_fpn_with_finer_masks_trains_saves_and_loads(synth_dir, tiny_
     assert model.predict_raw(image).masks.shape[1:] == (42, 42)
     labels = model.predict(image, "cort")
     assert labels.dtype == np.int32 and labels.shape == test.shape
+
+
+def _events(out, name):
+    return [e for e in map(json.loads, (out / "train.log").read_text().splitlines())
+            if e["event"] == name]
+
+
+def test_a_specialist_fine_tunes_one_cell_type_and_segments_its_images(synth_dir, tiny_cfg, tmp_path):
+    """train.specialize: after the all-type stage, a copy fine-tuned on one type's training images
+    alone (without validation images its last epoch is kept); the folder lists it in model.json,
+    and images of that type, and only those, go through it."""
+    from kit.data import read_competition_dir
+    from kit.models.maskrcnn.model import specialist_file
+    from kit.train import main
+
+    cfg = tmp_path / "spec.yaml"
+    cfg.write_text(tiny_cfg.read_text().replace(
+        "train:\n", "train:\n  specialize: {astro: 2}\n  specialize_lr: 0.001\n"))
+    out = tmp_path / "run"
+    assert main(["maskrcnn", "--data", str(synth_dir), "--fold", "0", "--n-folds", "2",
+                 "--val-fraction", "0", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    types = {r.id: r.cell_type for r in read_competition_dir(synth_dir).train}
+    fit = [row["id"] for row in _rows(out / "folds.csv") if row["fold"] != "0"]
+    n_astro = sum(types[i] == "astro" for i in fit)
+    stages = {e["stage"]: e for e in _events(out, "stage")}
+    assert stages["sartorius"]["n_images"] == len(fit)
+    assert stages["specialist:astro"]["n_images"] == n_astro > 0
+    iters = _rows(out / "train_iter.csv")
+    spec_iters = [r for r in iters if r["stage"] == "specialist:astro"]
+    assert len(spec_iters) == 2 * min(2, math.ceil(n_astro / 2))   # 2 passes, max_iters_per_epoch 2
+    assert float(spec_iters[0]["lr"]) <= 0.001
+    (kept,) = _events(out, "specialist")
+    assert kept["kept"] and kept["cell_type"] == "astro" and kept["val_images"] == 0
+
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["specialists"]["astro"]["weights"] == specialist_file("astro")
+    general = torch.load(out / "model.pt", weights_only=True)["model"]
+    special = torch.load(out / specialist_file("astro"), weights_only=True)["model"]
+    assert general.keys() == special.keys()
+    assert any(not torch.equal(general[k], special[k]) for k in general)
+    model = MaskRCNNModel.load(out, device="cpu")
+    assert set(model.specialists) == {"astro"}
+    image = read_competition_dir(synth_dir).test[0].load_image()
+    alone = {"all": MaskRCNNModel(model.config, model.net, "cpu"),
+             "astro": MaskRCNNModel(model.config, model.specialists["astro"], "cpu")}
+    for cell_type, which in (("astro", "astro"), ("cort", "all"), ("shsy5y", "all")):
+        got, want = model.predict_raw(image, cell_type=cell_type), alone[which].predict_raw(image)
+        assert np.array_equal(got.boxes, want.boxes) and np.array_equal(got.masks, want.masks)
+    given = dataclasses.replace(model.config, cell_type="given")
+    routed = MaskRCNNModel(given, model.net, "cpu", specialists=model.specialists)
+    assert np.array_equal(routed.predict(image, "astro"),
+                          MaskRCNNModel(given, model.specialists["astro"], "cpu").predict(image, "astro"))
+    # a run that trains again forgets the earlier specialists before it makes its own
+    model.drop_specialists(out)
+    assert "specialists" not in json.loads((out / "model.json").read_text())
+    assert MaskRCNNModel.load(out, device="cpu").specialists == {}
+
+
+def test_a_specialist_is_kept_only_if_it_beats_the_all_type_weights_on_its_validation_images(
+        synth_dir, tiny_cfg, tmp_path):
+    """With validation images of the type, epoch 0 (the all-type weights, the type given) is
+    scored on them first, each specialist epoch on them alone, and a specialist is kept only if it
+    scores higher there; the config's bad values are errors that name the key."""
+    from kit.data import read_competition_dir
+    from kit.train import main
+
+    cfg = tmp_path / "spec.yaml"
+    cfg.write_text(tiny_cfg.read_text().replace("train:\n", "train:\n  specialize: {astro: 2}\n"))
+    out = tmp_path / "run"
+    assert main(["maskrcnn", "--data", str(synth_dir), "--fold", "0", "--n-folds", "2",
+                 "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    types = {r.id: r.cell_type for r in read_competition_dir(synth_dir).train}
+    val_astro = [row["id"] for row in _rows(out / "val.csv") if types[row["id"]] == "astro"]
+    rows = [r for r in _rows(out / "eval.csv") if r["stage"] == "specialist:astro"]
+    assert val_astro and [r["epoch"] for r in rows] == ["0", "1", "2"]
+    assert all(r["n_images"] == str(len(val_astro)) and r["cort"] == r["shsy5y"] == "" for r in rows)
+    (event,) = _events(out, "specialist")
+    scores = [float(r["map"]) for r in rows]
+    assert event["all_type_val_map"] == scores[0] and event["val_images"] == len(val_astro)
+    assert event["kept"] == (max(scores[1:]) > scores[0])
+    listed = json.loads((out / "model.json").read_text()).get("specialists", {})
+    assert ("astro" in listed) == event["kept"]
+
+    _assert_config_error(tmp_path, "train:\n  specialize: {glia: 2}\n",
+                         r"train: specialize: unknown cell type 'glia'")
+    _assert_config_error(tmp_path, "train:\n  specialize: {astro: 0}\n", r"specialize.astro must be >= 1")
+    _assert_config_error(tmp_path, "train:\n  specialize_share: 1.0\n", r"specialize_share must be in \(0, 1\)")

@@ -110,6 +110,11 @@ class TrainConfig:
     rot90: bool = True
     repeat: dict[str, int] = field(default_factory=dict)  # cell type -> copies of each of its
                                        # images in a pass of the Sartorius stage (missing = 1)
+    specialize: dict[str, int] = field(default_factory=dict)  # cell type -> passes of a specialist
+                                       # stage: the best all-type weights fine-tuned on that type's
+                                       # images alone, used for images of that type
+    specialize_lr: float = 0.0         # the specialist stages' peak learning rate (0 = lr)
+    specialize_share: float = 0.15     # share of --time-budget kept for the specialist stages
     eval_every: int = 1                # epochs between validation evaluations
     eval_max_images: int = 0           # 0 = the whole held-out fold
     max_iters_per_epoch: int = 0       # 0 = one pass over the images
@@ -135,6 +140,16 @@ class TrainConfig:
                 raise ValueError(f"repeat: unknown cell type {cell_type!r} (known: {list(CELL_TYPES)})")
             if copies < 1:
                 raise ValueError(f"repeat.{cell_type} must be >= 1, got {copies!r}")
+        for cell_type, passes in self.specialize.items():
+            if cell_type not in CELL_TYPES:
+                raise ValueError(f"specialize: unknown cell type {cell_type!r} (known: "
+                                 f"{list(CELL_TYPES)})")
+            if passes < 1:
+                raise ValueError(f"specialize.{cell_type} must be >= 1, got {passes!r}")
+        if self.specialize_lr < 0:
+            raise ValueError(f"specialize_lr must be >= 0 (0 = lr), got {self.specialize_lr!r}")
+        if not 0.0 < self.specialize_share < 1.0:
+            raise ValueError(f"specialize_share must be in (0, 1), got {self.specialize_share!r}")
         if self.batch_size % self.accumulate:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of accumulate "
                              f"{self.accumulate}")

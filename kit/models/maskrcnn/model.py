@@ -1,5 +1,11 @@
 """The Mask R-CNN model folder (``model.json`` + ``model.pt``): prediction, raw detections,
-save and load."""
+save and load.
+
+A folder may also hold cell-type specialists (``train.specialize``): ``specialist_<type>.pt``,
+the same network fine-tuned on that type's images alone, listed in ``model.json`` under
+``specialists``. An image whose cell type is known (given, or the all-type network's vote) is
+then segmented by its type's specialist.
+"""
 from __future__ import annotations
 
 import json
@@ -14,20 +20,32 @@ from kit.models.maskrcnn.network import build_network
 from kit.postprocess import Detections, paint, select
 
 
+def specialist_file(cell_type: str) -> str:
+    """The file name of a cell type's specialist weights in a model folder."""
+    return f"specialist_{cell_type}.pt"
+
+
 class MaskRCNNModel:
-    """A trained Mask R-CNN as a model folder: ``model.json`` (config) + ``model.pt`` (weights)."""
+    """A trained Mask R-CNN as a model folder: ``model.json`` (config) + ``model.pt`` (weights),
+    plus ``specialists``: cell type -> network of the same config for images of that type."""
 
     TYPE = "maskrcnn"
     WEIGHTS = "model.pt"
 
-    def __init__(self, config: MaskRCNNConfig, net=None, device=None, extra: dict | None = None):
+    def __init__(self, config: MaskRCNNConfig, net=None, device=None, extra: dict | None = None,
+                 specialists: dict | None = None):
         import torch
 
         self.config = config
         self.net = build_network(config.model) if net is None else net
         self.device = torch.device(device or "cpu")
         self.net.to(self.device).eval()
+        self.specialists = {ct: n.to(self.device).eval() for ct, n in (specialists or {}).items()}
         self.extra = dict(extra or {})
+
+    def _net_for(self, cell_type: str | None):
+        """The network that segments an image of ``cell_type`` (None: the all-type one)."""
+        return self.specialists.get(cell_type, self.net)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -48,8 +66,8 @@ class MaskRCNNModel:
 
     # -- inference ---------------------------------------------------------------------------
 
-    def _stage1(self, image: np.ndarray):
-        """Backbone, RPN and box head of one (H, W) uint8 image (no masks yet)."""
+    def _stage1(self, image: np.ndarray, net):
+        """Backbone, RPN and box head of ``net`` on one (H, W) uint8 image (no masks yet)."""
         import torch
 
         image = np.asarray(image)
@@ -58,7 +76,6 @@ class MaskRCNNModel:
                              f"dtype {image.dtype}")
         x = torch.from_numpy(image).to(self.device, torch.float32).div_(255.0)
         x = x[None].expand(3, -1, -1)
-        net = self.net
         images, _ = net.transform([x])
         feats = net.backbone(images.tensors)
         proposals, _ = net.rpn(images, feats)
@@ -85,24 +102,27 @@ class MaskRCNNModel:
 
         Cache these and re-run :func:`kit.postprocess.postprocess` with other parameters.
         ``cell_type`` is needed by a one-class model (:attr:`one_class`): its detections are
-        all of that type; other models ignore it (their classes are their own).
+        all of that type; other models keep their own classes. A type with a specialist is
+        segmented by the specialist.
         """
         import torch
 
         self._check_type(cell_type)
+        net = self._net_for(cell_type)
         with torch.inference_mode():
-            feats, sizes, det = self._stage1(image)
+            feats, sizes, det = self._stage1(image, net)
             if score_thresh is not None:
                 keep = det["scores"] >= score_thresh
                 det = {k: v[keep] for k, v in det.items()}
-            masks = self.net.roi_heads.mask_probs(feats, det["boxes"], det["labels"], sizes,
+            masks = net.roi_heads.mask_probs(feats, det["boxes"], det["labels"], sizes,
                                                   self.config.model.mask_chunk)
         return self._to_detections(np.shape(image), sizes[0], det, masks, cell_type)
 
     def predict(self, image: np.ndarray, cell_type: str | None = None) -> np.ndarray:
         """(H, W) int32 label image. The cell type is the detections' majority vote
         (config ``cell_type: vote``) or ``cell_type`` (``given``; vote when None, except for
-        a one-class model, which needs it).
+        a one-class model, which needs it). A type with a specialist is segmented by the
+        specialist: a voted type after the all-type network's vote, a given one at once.
 
         Same result as ``postprocess(predict_raw(image), ...)``, but the mask head runs only on
         the detections that survive the score threshold and box NMS.
@@ -114,13 +134,19 @@ class MaskRCNNModel:
         given = cell_type if self.config.cell_type == "given" else None
         h, w = np.shape(image)
         with torch.inference_mode():
-            feats, sizes, det = self._stage1(image)
+            net = self._net_for(given)
+            feats, sizes, det = self._stage1(image, net)
             dets = self._to_detections((h, w), sizes[0], det, cell_type=cell_type)
             ct, idx = select(dets, given, pp)
+            if given is None and ct in self.specialists:  # the vote chose a specialist's type
+                net = self.specialists[ct]
+                feats, sizes, det = self._stage1(image, net)
+                dets = self._to_detections((h, w), sizes[0], det, cell_type=cell_type)
+                ct, idx = select(dets, ct, pp)
             if ct is None or len(idx) == 0:
                 return np.zeros((h, w), np.int32)
             sel = torch.from_numpy(idx).to(self.device)
-            masks = self.net.roi_heads.mask_probs(feats, det["boxes"][sel], det["labels"][sel],
+            masks = net.roi_heads.mask_probs(feats, det["boxes"][sel], det["labels"][sel],
                                                   sizes, self.config.model.mask_chunk)
         return paint(dets.boxes[idx], masks.float().cpu().numpy(), (h, w), pp.params(ct),
                      pp.nms_mode, pp.fill_holes)
@@ -128,23 +154,48 @@ class MaskRCNNModel:
     # -- folder ------------------------------------------------------------------------------
 
     def save(self, model_dir, state_dict=None) -> Path:
-        """Write ``model.pt`` and ``model.json`` into ``model_dir`` (atomically each)."""
-        import torch
-
-        from kit import config as kconfig
-
+        """Write ``model.pt`` and ``model.json`` into ``model_dir`` (atomically each), and the
+        specialists' weights files."""
         d = Path(model_dir)
         d.mkdir(parents=True, exist_ok=True)
-        sd = self.net.state_dict() if state_dict is None else state_dict
         # weights first, so a model.json never names weights that are missing
-        with atomic_open(d / self.WEIGHTS, "wb") as f:
-            torch.save({"model": {k: v.detach().cpu() for k, v in sd.items()},
-                        "classes": list(self.class_names)}, f)
+        _save_weights(d / self.WEIGHTS, self.net.state_dict() if state_dict is None else state_dict,
+                      self.class_names)
+        for ct, net in self.specialists.items():
+            _save_weights(d / specialist_file(ct), net.state_dict(), self.class_names)
+        self._write_json(d)
+        return d
+
+    def save_specialist(self, model_dir, cell_type: str, net, info: dict) -> None:
+        """Add (or replace) ``cell_type``'s specialist in the saved folder ``model_dir``: its
+        weights file, then ``model.json`` listing it with ``info`` (how it was chosen)."""
+        check_cell_type(cell_type)
+        d = Path(model_dir)
+        _save_weights(d / specialist_file(cell_type), net.state_dict(), self.class_names)
+        self.specialists[cell_type] = net
+        listed = dict(self.extra.get("specialists", {}))
+        listed[cell_type] = {"weights": specialist_file(cell_type), **info}
+        self.extra["specialists"] = listed
+        self._write_json(d)
+
+    def drop_specialists(self, model_dir) -> None:
+        """Forget every specialist: ``model.json`` in ``model_dir`` no longer lists them (their
+        weights files stay until replaced)."""
+        self.specialists = {}
+        self.extra.pop("specialists", None)
+        self._write_json(Path(model_dir))
+
+    def _write_json(self, d: Path) -> None:
+        from kit import config as kconfig
+
+        listed = self.extra.get("specialists", {})
+        if sorted(listed) != sorted(self.specialists):
+            raise ValueError(f"model.json would list specialists {sorted(listed)} but the model "
+                             f"holds {sorted(self.specialists)}")
         doc = {"type": self.TYPE, "weights": self.WEIGHTS, "config": kconfig.to_dict(self.config),
                **self.extra}
         with atomic_open(d / "model.json") as f:
             f.write(json.dumps(doc, indent=1) + "\n")
-        return d
 
     @classmethod
     def load(cls, model_dir, device=None) -> "MaskRCNNModel":
@@ -162,11 +213,34 @@ class MaskRCNNModel:
             raise FileNotFoundError(f"{path}: weights file {weights} not found")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        net = build_network(cfg.model)
-        from kit.models import model_file
-
-        with model_file(weights, "Mask R-CNN weights file"):
-            sd = torch.load(weights, map_location="cpu", weights_only=True)
-            net.load_state_dict(sd["model"] if "model" in sd else sd)
+        net = _load_weights(weights, cfg)
+        specialists = {}
+        for ct, entry in doc.get("specialists", {}).items():
+            check_cell_type(ct)
+            file = d / entry.get("weights", specialist_file(ct))
+            if not file.is_file():
+                raise FileNotFoundError(f"{path}: specialist {ct!r}: weights file {file} not found")
+            specialists[ct] = _load_weights(file, cfg)
         extra = {k: v for k, v in doc.items() if k not in ("type", "weights", "config")}
-        return cls(cfg, net, device, extra)
+        return cls(cfg, net, device, extra, specialists)
+
+
+def _save_weights(path: Path, state_dict, classes) -> None:
+    import torch
+
+    with atomic_open(path, "wb") as f:
+        torch.save({"model": {k: v.detach().cpu() for k, v in state_dict.items()},
+                    "classes": list(classes)}, f)
+
+
+def _load_weights(path: Path, cfg: MaskRCNNConfig):
+    """A network of ``cfg.model`` with the weights of ``path`` (a kit weights file)."""
+    import torch
+
+    from kit.models import model_file
+
+    net = build_network(cfg.model)
+    with model_file(path, "Mask R-CNN weights file"):
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(sd["model"] if "model" in sd else sd)
+    return net

@@ -130,15 +130,22 @@ class _Trainer:
                                                          find_unused_parameters=True)
 
     def run_stage(self, stage: str, records, classes, label_of, epochs: int, *, init=None,
-                  resume=None, val=(), best=None, deadline=None):
-        """Train one stage; returns the best-eval record ``{"map", "epoch"}`` (or None)."""
+                  resume=None, val=(), best=None, deadline=None, tcfg=None, keep=None):
+        """Train one stage (``livecell``, ``sartorius`` or a specialist's); returns the network,
+        the stage's config and the best-eval record ``{"map", "epoch", ...}`` (or None).
+
+        ``tcfg`` replaces ``train`` (a specialist's learning rate); ``keep(model, record)`` saves
+        an evaluation's model when it beats ``best`` (default: the model folder's ``model.pt``).
+        Only the ``livecell`` and ``sartorius`` stages write ``checkpoints/last.pt``."""
         import torch
 
         from kit.models.maskrcnn.data import InstanceDataset, collate, repeat_by_type
 
-        cfg, tcfg = self.cfg, self.cfg.train
+        cfg, tcfg = self.cfg, tcfg or self.cfg.train
         mcfg = dataclasses.replace(cfg.model, classes=tuple(classes))
-        stage_cfg = dataclasses.replace(cfg, model=mcfg)
+        # a specialist segments images of its own type: evaluated with the type given
+        rule = {"cell_type": "given"} if stage.startswith("specialist") else {}
+        stage_cfg = dataclasses.replace(cfg, model=mcfg, train=tcfg, **rule)
         group = self.group
         net = build_network(mcfg).to(self.device)
         opt = _optimizer(net, tcfg)
@@ -180,9 +187,9 @@ class _Trainer:
                  autocast=str(amp_dtype).replace("torch.", "") if use_amp else None)
         params = [p for p in net.parameters() if p.requires_grad]
         nonfinite = 0
-        # The Sartorius stage's schedule follows the time left to the deadline too (a stage the
-        # budget stops still decays); a resumed run re-anneals over its new budget.
-        timed = deadline is not None and stage == "sartorius"
+        # The Sartorius and specialist stages' schedule follows the time left to the deadline too
+        # (a stage the budget stops still decays); a resumed run re-anneals over its new budget.
+        timed = deadline is not None and stage != "livecell"
         clock = BudgetClock(max(deadline - time.time(), 0.0) if timed else None)
         for epoch in range(start_epoch, epochs):
             ds.set_epoch(epoch)
@@ -251,13 +258,13 @@ class _Trainer:
             self.log("epoch", stage=stage, epoch=done, iteration=iteration,
                      seconds=round(time.time() - t_epoch, 1))
             out_of_time = group.any(deadline is not None and time.time() >= deadline) and done < epochs
-            if stage == "sartorius" and val and (done % tcfg.eval_every == 0 or done == epochs
-                                                      or out_of_time):
+            if stage != "livecell" and val and (done % tcfg.eval_every == 0 or done == epochs
+                                                     or out_of_time):
                 if group.main:
-                    best = self._evaluate(stage_cfg, net, val, stage, done, iteration, best)
+                    best = self._evaluate(stage_cfg, net, val, stage, done, iteration, best, keep)
                     train_net.train()
                 group.barrier()
-            if group.main:
+            if group.main and stage in ("livecell", "sartorius"):
                 atomic_torch_save({"stage": stage, "epoch": done, "iteration": iteration,
                                    "model": net.state_dict(), "optimizer": opt.state_dict(),
                                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
@@ -269,20 +276,23 @@ class _Trainer:
                 break
         return net, stage_cfg, best
 
-    def _evaluate(self, stage_cfg, net, val, stage, epoch, iteration, best):
+    def _save_best(self, model, best) -> None:
+        model.extra = {"trained": {"best_epoch": best["epoch"], "val_map": best["map"],
+                                   "val_images": best["n_images"],
+                                   "by_cell_type": best["by_cell_type"]}}
+        model.save(self.out)
+
+    def _evaluate(self, stage_cfg, net, val, stage, epoch, iteration, best, keep=None):
         t0 = time.time()
-        tcfg = self.cfg.train
-        recs = list(val)[: tcfg.eval_max_images or None]
+        recs = list(val)[: stage_cfg.train.eval_max_images or None]
         model = MaskRCNNModel(stage_cfg, net, self.device)
         res = evaluate(model, recs)
         net.train()
         improved = best is None or res["map"] > best["map"]
         if improved:
-            best = {"map": res["map"], "epoch": epoch, "by_cell_type": res["by_cell_type"]}
-            model.extra = {"trained": {"best_epoch": epoch, "val_map": res["map"],
-                                       "val_images": res["n_images"],
-                                       "by_cell_type": res["by_cell_type"]}}
-            model.save(self.out)
+            best = {"map": res["map"], "epoch": epoch, "by_cell_type": res["by_cell_type"],
+                    "n_images": res["n_images"]}
+            (keep or self._save_best)(model, best)
         self.eval_csv(stage=stage, epoch=epoch, iteration=iteration, map=res["map"],
                       **{k: res["by_cell_type"].get(k, "") for k in ("shsy5y", "astro", "cort")},
                       n_images=res["n_images"], n_pred=res["n_pred"],
@@ -290,6 +300,67 @@ class _Trainer:
         self.log("eval", stage=stage, epoch=epoch, map=res["map"], by_cell_type=res["by_cell_type"],
                  n_pred=res["n_pred"], best_epoch=best["epoch"])
         return best
+
+    def run_specialists(self, records, val, classes, label_of, deadline) -> None:
+        """``train.specialize``: per cell type, the model folder's all-type weights fine-tuned on
+        that type's training images alone (``specialize_lr``, warm-up at most one pass), the
+        epoch chosen on that type's validation images with the type given. Epoch 0 is the
+        all-type weights: a specialist is saved only when it beats them there (without
+        validation images of the type its last epoch is kept). Each stage gets an equal share
+        of the time left to ``deadline``; specialists start over on ``--resume``."""
+        tcfg = self.cfg.train
+        todo = list(tcfg.specialize.items())
+        folder = None
+        if self.group.main:  # an earlier run's specialists go: these start from today's weights
+            folder = MaskRCNNModel.load(self.out, device=str(self.device))
+            folder.drop_specialists(self.out)
+        given = dataclasses.replace(self.cfg, cell_type="given",
+                                    model=dataclasses.replace(self.cfg.model, classes=tuple(classes)))
+        for i, (cell_type, passes) in enumerate(todo):
+            recs = [r for r in records if r.cell_type == cell_type]
+            vals = [r for r in val if r.cell_type == cell_type]
+            if not recs:
+                self.log("specialist_skipped", cell_type=cell_type, reason="no training images of this type")
+                continue
+            stage = f"specialist:{cell_type}"
+            stage_tcfg = dataclasses.replace(
+                tcfg, lr=tcfg.specialize_lr or tcfg.lr, repeat={},
+                warmup_iters=min(tcfg.warmup_iters, math.ceil(len(recs) / tcfg.batch_size)))
+            start = None
+            if vals and self.group.main:
+                t0 = time.time()
+                res = evaluate(MaskRCNNModel(given, folder.net, self.device), vals)
+                start = {"map": res["map"], "epoch": 0, "by_cell_type": res["by_cell_type"],
+                         "n_images": res["n_images"]}
+                seconds = round(time.time() - t0, 1)
+                self.eval_csv(stage=stage, epoch=0, iteration=0, map=res["map"],
+                              **{k: res["by_cell_type"].get(k, "") for k in ("shsy5y", "astro", "cort")},
+                              n_images=res["n_images"], n_pred=res["n_pred"], seconds=seconds, best=0)
+                self.log("eval", stage=stage, epoch=0, map=res["map"], by_cell_type=res["by_cell_type"],
+                         n_pred=res["n_pred"], best_epoch=0, seconds=seconds)
+            stage_deadline = (None if deadline is None
+                              else time.time() + max(deadline - time.time(), 0.0) / (len(todo) - i))
+
+            def keep(model, best, cell_type=cell_type, all_type=start):
+                folder.save_specialist(self.out, cell_type, model.net, {
+                    "epoch": best["epoch"], "val_map": best["map"], "val_images": best["n_images"],
+                    "all_type_val_map": None if all_type is None else all_type["map"]})
+
+            stage_cfg = dataclasses.replace(given, train=stage_tcfg)
+            net, _, best = self.run_stage(stage, recs, classes, label_of, passes,
+                                          init=self.out / MaskRCNNModel.WEIGHTS, val=vals, best=start,
+                                          deadline=stage_deadline, tcfg=stage_tcfg, keep=keep,
+                                          )
+            if self.group.main:
+                if not vals:
+                    keep(MaskRCNNModel(stage_cfg, net, "cpu"), {"epoch": passes, "map": None,
+                                                               "n_images": 0})
+                kept = cell_type in folder.specialists
+                self.log("specialist", cell_type=cell_type, kept=kept, images=len(recs),
+                         val_images=len(vals), epoch=best["epoch"] if best else passes,
+                         val_map=best["map"] if best else None,
+                         all_type_val_map=start["map"] if start else None)
+            self.group.barrier()
 
 
 def fit(train_records, val_records, out: Path, options: FitOptions = FitOptions(),
@@ -308,6 +379,9 @@ def fit(train_records, val_records, out: Path, options: FitOptions = FitOptions(
     log = log or (lambda event, **fields: None)
     budget = options.time_budget_s
     deadline = None if budget is None else time.time() + budget
+    # train.specialize keeps a share of the budget for the specialist stages
+    stage_deadline = (deadline if deadline is None or not cfg.train.specialize
+                      else time.time() + budget * (1.0 - cfg.train.specialize_share))
     group = current_group()
     device = torch_device(cfg.train.device)
     if device.type == "cuda" and group.distributed:
@@ -345,7 +419,7 @@ def fit(train_records, val_records, out: Path, options: FitOptions = FitOptions(
             resume = state if state is not None and state["stage"] == "livecell" else None
             net, _, _ = trainer.run_stage("livecell", lc, names, lambda r: label[r.id],
                                           cfg.train.livecell_epochs, init=pretrained, resume=resume,
-                                          deadline=deadline)
+                                          deadline=stage_deadline)
             if group.main:
                 atomic_torch_save({"model": net.state_dict(), "classes": list(names), "stage": "livecell"},
                                   lc_path)
@@ -356,12 +430,16 @@ def fit(train_records, val_records, out: Path, options: FitOptions = FitOptions(
     resume = state if state is not None and state["stage"] == "sartorius" else None
     net, stage_cfg, best = trainer.run_stage(
         "sartorius", train_records, classes, label_of,
-        cfg.train.epochs, init=init, resume=resume, val=list(val_records), deadline=deadline)
+        cfg.train.epochs, init=init, resume=resume, val=list(val_records), deadline=stage_deadline)
+    if group.main:
+        if best is None:  # no validation images (or no epochs): keep the last weights
+            MaskRCNNModel(stage_cfg, net, "cpu", extra={"trained": {"best_epoch": None}}).save(out)
+            log("saved_last", reason="no validation images")
+        else:
+            log("best", **best)
+    if cfg.train.specialize:
+        group.barrier()  # every rank starts the specialists from the saved model.pt
+        trainer.run_specialists(train_records, list(val_records), classes, label_of, deadline)
     if not group.main:
         return None  # rank 0 saves and returns the model
-    if best is None:  # no validation images (or no epochs): keep the last weights
-        MaskRCNNModel(stage_cfg, net, "cpu", extra={"trained": {"best_epoch": None}}).save(out)
-        log("saved_last", reason="no validation images")
-    else:
-        log("best", **best)
     return MaskRCNNModel.load(out, device=str(device))
