@@ -197,6 +197,26 @@ def test_broken_maskrcnn_weights(tmp_path, maskrcnn_folder, damage):
     one_line_error(_predict(tmp_path, model), 2, str(weights), "cannot load this Mask R-CNN weights")
 
 
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_broken_maskrcnn_specialist(tmp_path, maskrcnn_folder, damage):
+    """model.json lists an astro specialist (train.specialize) whose weights are gone or cut."""
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(maskrcnn_folder, model)
+    doc = json.loads((model / "model.json").read_text())
+    doc["specialists"] = {"astro": {"weights": "specialist_astro.pt"}}
+    (model / "model.json").write_text(json.dumps(doc))
+    weights = model / "specialist_astro.pt"
+    if damage == "missing":
+        expected = "specialist 'astro': weights file"
+    else:
+        weights.write_bytes((model / "model.pt").read_bytes()[:1000])
+        expected = "cannot load this Mask R-CNN weights"
+    one_line_error(_predict(tmp_path, model), 2, str(weights), expected)
+
+
 def test_truncated_detectron2_checkpoint(tmp_path):
     ckpt = tmp_path / "model_final.pth"
     import torch

@@ -52,6 +52,10 @@ def test_tiny_demo_ends_with_the_table_and_the_figure(tmp_path):
     assert training_status(half.parent) == "epoch 3, loss 0.40"
     half.write_text(half.read_text().splitlines()[0] + "\n3,tr")
     assert training_status(half.parent) == "starting"
+    spec = tmp_path / "specialist"
+    spec.mkdir()
+    (spec / "eval.csv").write_text("stage,epoch,map\nsartorius,4,0.21\nspecialist:astro,2,0.04\n")
+    assert training_status(spec) == "val MAP 0.04 (astro specialist)"
     figure = results["outputs"]["figure (TP green, FP red, FN blue)"]
     assert figure.endswith(".png") and (tmp_path / figure).is_file()
     assert (out / "eda" / "report.md").is_file()

@@ -57,6 +57,10 @@ def test_maskrcnn_plan_counts_its_network_and_its_largest_pass(synth_dir):
     plan = fam.memory_plan(demo, records, [], ())
     n = sum(p.numel() for p in build_network(demo.model).parameters())
     assert plan.params_mb == pytest.approx(params_mb(n, "adamw"))
+    # a specialist stage (train.specialize) also holds the all-type weights it starts from
+    special = dataclasses.replace(demo, train=dataclasses.replace(demo.train, specialize={"astro": 2}))
+    assert fam.memory_plan(special, records, [], ()).params_mb == pytest.approx(
+        params_mb(n, "adamw") + n * 4 / 2 ** 20)
     assert plan.cache_mb == 0 and plan.cache_dir is None and "target cache" not in plan.summary()
     # two 256-px crops are the larger pass; with the mask head on 200 boxes at once one
     # validation image at 520 px is; full 800-px images train

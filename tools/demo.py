@@ -155,14 +155,16 @@ class Steps:
 def training_status(folder: Path) -> str:
     """The latest epoch of a ``kit.train`` run in ``folder``, from its per-epoch/per-iteration
     CSV (Cellpose ``epochs.csv``, Mask R-CNN ``train_iter.csv``) and, when there is one, its
-    latest validation MAP (``eval.csv``): e.g. ``"epoch 12, loss 0.53, val MAP 0.29"``. The
-    files are being written: a missing file or a half-written last line only leaves a part out."""
-    def last_number(name: str, key: str) -> tuple[str, float] | None:
-        """(epoch, value of ``key``) of the last complete row of ``name``."""
+    latest validation MAP (``eval.csv``): e.g. ``"epoch 12, loss 0.53, val MAP 0.29"``; a
+    specialist stage's (Mask R-CNN ``train.specialize``) is named: ``"val MAP 0.04 (astro
+    specialist)"``. The files are being written: a missing file or a half-written last line only
+    leaves a part out."""
+    def last_number(name: str, key: str) -> tuple[str, float, str] | None:
+        """(epoch, value of ``key``, stage or "") of the last complete row of ``name``."""
         try:
             with open(folder / name, newline="") as f:
                 rows = list(csv.DictReader(f))
-            return rows[-1]["epoch"], float(rows[-1][key])
+            return rows[-1]["epoch"], float(rows[-1][key]), rows[-1].get("stage") or ""
         except (OSError, IndexError, KeyError, TypeError, ValueError):
             return None
 
@@ -174,7 +176,9 @@ def training_status(folder: Path) -> str:
             break
     evaluated = last_number("eval.csv", "map")
     if evaluated is not None:
-        parts.append(f"val MAP {evaluated[1]:.2f}")
+        stage = evaluated[2]
+        whose = f" ({stage.partition(':')[2]} specialist)" if stage.startswith("specialist:") else ""
+        parts.append(f"val MAP {evaluated[1]:.2f}{whose}")
     return ", ".join(parts) or "starting"
 
 

@@ -28,15 +28,17 @@ def largest_shape(records) -> tuple[int, int]:
 
 
 def detection_plan(family: str, device: str, records, n_params: int, optimizer: str,
-                   train_px: int, eval_px: int, mask_chunk: int) -> MemoryPlan:
+                   train_px: int, eval_px: int, mask_chunk: int, weight_copies: int = 0) -> MemoryPlan:
     """The plan of a Mask R-CNN trainer (either engine): its larger pass of a training batch of
     ``train_px`` pixels and one validation image of ``eval_px`` with the mask head on
-    ``mask_chunk`` boxes at a time."""
+    ``mask_chunk`` boxes at a time; ``weight_copies`` more float32 copies of the weights held
+    while training (a specialist stage keeps the all-type weights it starts from)."""
     passes = {"training": train_px * TRAIN_BYTES_PER_PX,
               "validation": eval_px * EVAL_BYTES_PER_PX + mask_chunk * MASK_BOX_MB * MB}
     name = max(passes, key=passes.get)
     return MemoryPlan(
-        family, device, records_mb(records), LIBS_MB[family], params_mb(n_params, optimizer),
+        family, device, records_mb(records), LIBS_MB[family],
+        params_mb(n_params, optimizer) + weight_copies * n_params * 4 / MB,
         passes[name] / MB,
         f"{name}: {(train_px if name == 'training' else eval_px) // 1000}k px per batch")
 
@@ -54,4 +56,4 @@ def memory_plan(config, train, val, livecell=()) -> MemoryPlan:
     n_params = sum(p.numel() for p in build_network(m).parameters())
     return detection_plan("maskrcnn", torch_device(t.device).type, records, n_params, t.optimizer,
                           train_px, scaled_px(largest, m.test_min_size, m.test_max_size),
-                          m.mask_chunk)
+                          m.mask_chunk, weight_copies=1 if t.specialize else 0)

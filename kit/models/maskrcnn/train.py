@@ -293,13 +293,17 @@ class _Trainer:
             best = {"map": res["map"], "epoch": epoch, "by_cell_type": res["by_cell_type"],
                     "n_images": res["n_images"]}
             (keep or self._save_best)(model, best)
+        self._record_eval(stage, epoch, iteration, res, time.time() - t0, improved, best["epoch"])
+        return best
+
+    def _record_eval(self, stage, epoch, iteration, res, seconds, improved, best_epoch) -> None:
+        """One evaluation's row of ``eval.csv`` and ``eval`` event."""
         self.eval_csv(stage=stage, epoch=epoch, iteration=iteration, map=res["map"],
                       **{k: res["by_cell_type"].get(k, "") for k in ("shsy5y", "astro", "cort")},
                       n_images=res["n_images"], n_pred=res["n_pred"],
-                      seconds=round(time.time() - t0, 1), best=int(improved))
+                      seconds=round(seconds, 1), best=int(improved))
         self.log("eval", stage=stage, epoch=epoch, map=res["map"], by_cell_type=res["by_cell_type"],
-                 n_pred=res["n_pred"], best_epoch=best["epoch"])
-        return best
+                 n_pred=res["n_pred"], best_epoch=best_epoch)
 
     def run_specialists(self, records, val, classes, label_of, deadline) -> None:
         """``train.specialize``: per cell type, the model folder's all-type weights fine-tuned on
@@ -318,7 +322,7 @@ class _Trainer:
                                     model=dataclasses.replace(self.cfg.model, classes=tuple(classes)))
         for i, (cell_type, passes) in enumerate(todo):
             recs = [r for r in records if r.cell_type == cell_type]
-            vals = [r for r in val if r.cell_type == cell_type]
+            vals = [r for r in val if r.cell_type == cell_type][: tcfg.eval_max_images or None]
             if not recs:
                 self.log("specialist_skipped", cell_type=cell_type, reason="no training images of this type")
                 continue
@@ -332,12 +336,7 @@ class _Trainer:
                 res = evaluate(MaskRCNNModel(given, folder.net, self.device), vals)
                 start = {"map": res["map"], "epoch": 0, "by_cell_type": res["by_cell_type"],
                          "n_images": res["n_images"]}
-                seconds = round(time.time() - t0, 1)
-                self.eval_csv(stage=stage, epoch=0, iteration=0, map=res["map"],
-                              **{k: res["by_cell_type"].get(k, "") for k in ("shsy5y", "astro", "cort")},
-                              n_images=res["n_images"], n_pred=res["n_pred"], seconds=seconds, best=0)
-                self.log("eval", stage=stage, epoch=0, map=res["map"], by_cell_type=res["by_cell_type"],
-                         n_pred=res["n_pred"], best_epoch=0, seconds=seconds)
+                self._record_eval(stage, 0, 0, res, time.time() - t0, False, 0)
             stage_deadline = (None if deadline is None
                               else time.time() + max(deadline - time.time(), 0.0) / (len(todo) - i))
 
@@ -349,11 +348,10 @@ class _Trainer:
             stage_cfg = dataclasses.replace(given, train=stage_tcfg)
             net, _, best = self.run_stage(stage, recs, classes, label_of, passes,
                                           init=self.out / MaskRCNNModel.WEIGHTS, val=vals, best=start,
-                                          deadline=stage_deadline, tcfg=stage_tcfg, keep=keep,
-                                          )
+                                          deadline=stage_deadline, tcfg=stage_tcfg, keep=keep)
             if self.group.main:
                 if not vals:
-                    keep(MaskRCNNModel(stage_cfg, net, "cpu"), {"epoch": passes, "map": None,
+                    keep(MaskRCNNModel(stage_cfg, net, "cpu"), {"epoch": None, "map": None,
                                                                "n_images": 0})
                 kept = cell_type in folder.specialists
                 self.log("specialist", cell_type=cell_type, kept=kept, images=len(recs),
@@ -437,6 +435,7 @@ def fit(train_records, val_records, out: Path, options: FitOptions = FitOptions(
             log("saved_last", reason="no validation images")
         else:
             log("best", **best)
+    del net  # the specialists start from the saved best weights
     if cfg.train.specialize:
         group.barrier()  # every rank starts the specialists from the saved model.pt
         trainer.run_specialists(train_records, list(val_records), classes, label_of, deadline)
