@@ -6,7 +6,7 @@ from typing import Literal
 
 import pytest
 
-from kit import config
+from kit import CELL_TYPES, config
 from kit.config import ConfigError
 
 
@@ -82,3 +82,31 @@ def test_load_yaml_strict(tmp_path):
     assert config.load_yaml(p) == {}
     with pytest.raises(ConfigError, match="config file not found"):
         config.load_yaml(tmp_path / "missing.yaml")
+
+
+def test_no_config_key_hides_in_a_comment():
+    """A key pasted onto the end of a comment line is silently a comment (the file still loads,
+    with that key's default): no comment in ``kit/configs`` holds ``<known key>: <value>`` after
+    a run of spaces, as a key line would."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    folder = Path(__file__).resolve().parents[1] / "kit" / "configs"
+
+    def keys(node) -> set:
+        if isinstance(node, dict):
+            return set(node) | {k for v in node.values() for k in keys(v)}
+        return set()
+
+    known = {k for path in folder.glob("*.yaml") for k in keys(yaml.safe_load(path.read_text()))}
+    known -= set(CELL_TYPES)   # per-type sections and maps are named in prose
+    pattern = re.compile(r"\s{2,}(" + "|".join(sorted(map(re.escape, map(str, known)))) + r"):\s+\S")
+    found = []
+    for path in sorted(folder.glob("*.yaml")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            comment = line.partition("#")[2]
+            if pattern.search(comment):
+                found.append(f"{path.name}:{n}: {line.strip()}")
+    assert known and not found, "\n".join(found)
