@@ -120,8 +120,9 @@ def finished_run_matches(plan: Plan, model: str) -> bool:
     livecell = plan.livecell if plan.livecell and model != "baseline" else (None, None)
     if not (same_path(params.get("livecell"), livecell[0]) or params.get("livecell") == livecell[0]):
         return False
-    try:
-        same_cfg = _sha(params.get("config")) == _sha(want_cfg)
+    try:  # the content the run trained with (older runs: the file at its path now)
+        trained_with = params.get("config_sha256") or _sha(params.get("config"))
+        same_cfg = trained_with == _sha(want_cfg)
     except OSError:
         return False
     return (params.get("model") == model and same_path(params.get("data"), plan.data)

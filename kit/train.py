@@ -26,7 +26,8 @@ Every model goes through the same steps, so their numbers compare:
    and score it with the competition metric (``oof_score.json``, which also records what chose
    what; table printed).
 
-The run folder also gets ``params.json`` (the command's arguments) and ``train.log`` (one
+The run folder also gets ``params.json`` (the command's arguments, and the SHA-256 of
+``--config``'s content as it trained) and ``train.log`` (one
 JSON object per line, :class:`kit.runlog.RunLog`).
 
 ``torchrun --nproc_per_node N -m kit.train MODEL ...`` trains a family that can
@@ -37,6 +38,7 @@ and 5-6 and writes; the others join step 4 and end with it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -309,6 +311,8 @@ def _main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     params["processes"] = group.world
+    if args.config is not None:  # what the config file said when this run trained
+        params["config_sha256"] = hashlib.sha256(Path(args.config).read_bytes()).hexdigest()
     with atomic_open(out / "params.json") as f:
         f.write(json.dumps(params, indent=1) + "\n")
     write_folds_csv(folds, out / "folds.csv")

@@ -121,6 +121,27 @@ def test_rerun_reuses_every_stage(report, real_dir):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
+def test_a_finished_run_matches_the_config_content_it_trained_with(report, real_dir, tmp_path):
+    """kit.train records the SHA-256 of --config's content in params.json; a report reuses the
+    run for a config of that content wherever it lies, and not once the file says otherwise."""
+    import hashlib
+
+    from kit.report import Plan, finished_run_matches
+
+    out, _ = report
+    params = json.loads((out / "models" / "maskrcnn" / "params.json").read_text())
+    trained = real_dir.parent / "maskrcnn.yaml"
+    assert params["config_sha256"] == hashlib.sha256(trained.read_bytes()).hexdigest()
+    copy = tmp_path / "same.yaml"
+    copy.write_bytes(trained.read_bytes())
+    moved = Plan(real_dir.resolve(), (real_dir.parent / "folds.csv").resolve(), 1, out.resolve(),
+                 ("baseline", "maskrcnn"), {"maskrcnn": copy}, {"maskrcnn": 0.2}, ("maskrcnn",),
+                 ("id", "hflip"), params["val_fraction"], params["seed"], 1, 1, False)
+    assert finished_run_matches(moved, "maskrcnn")
+    copy.write_text(trained.read_text().replace("lr: 0.002", "lr: 0.003"))
+    assert not finished_run_matches(moved, "maskrcnn")
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--budget", "maskrcnn"], "expected MODEL=VALUE"),
     (["--budget", "detectron=3"], "detectron is not in --models"),
