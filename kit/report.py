@@ -29,7 +29,6 @@ A rerun on the same ``--out`` reuses every finished stage (a trained model whose
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
@@ -40,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.atomic import up_to_date
+from kit.bundle_install import sha256
 
 REPO_CONFIGS = Path(__file__).resolve().parent / "configs"
 # model -> (config in kit/configs, training minutes): the CPU recipes for the real images
@@ -84,7 +84,7 @@ class Progress:
 
 
 def _sha(path) -> str | None:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    return sha256(Path(path)) if path else None
 
 
 def train_command(plan: Plan, model: str) -> list[str]:

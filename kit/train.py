@@ -38,12 +38,12 @@ and 5-6 and writes; the others join step 4 and end with it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
 
 from kit import distributed
+from kit.bundle_install import sha256
 from kit.runlog import RunLog
 
 # What marks a folder as holding an earlier kit.train run (params.json is written first).
@@ -312,7 +312,7 @@ def _main(argv=None) -> int:
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     params["processes"] = group.world
     if args.config is not None:  # what the config file said when this run trained
-        params["config_sha256"] = hashlib.sha256(Path(args.config).read_bytes()).hexdigest()
+        params["config_sha256"] = sha256(Path(args.config))
     with atomic_open(out / "params.json") as f:
         f.write(json.dumps(params, indent=1) + "\n")
     write_folds_csv(folds, out / "folds.csv")

@@ -135,17 +135,13 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.crop and self.crop < 32:
             raise ValueError(f"crop must be 0 or >= 32, got {self.crop!r}")
-        for cell_type, copies in self.repeat.items():
-            if cell_type not in CELL_TYPES:
-                raise ValueError(f"repeat: unknown cell type {cell_type!r} (known: {list(CELL_TYPES)})")
-            if copies < 1:
-                raise ValueError(f"repeat.{cell_type} must be >= 1, got {copies!r}")
-        for cell_type, passes in self.specialize.items():
-            if cell_type not in CELL_TYPES:
-                raise ValueError(f"specialize: unknown cell type {cell_type!r} (known: "
-                                 f"{list(CELL_TYPES)})")
-            if passes < 1:
-                raise ValueError(f"specialize.{cell_type} must be >= 1, got {passes!r}")
+        for name in ("repeat", "specialize"):  # cell type -> a count >= 1
+            for cell_type, count in getattr(self, name).items():
+                if cell_type not in CELL_TYPES:
+                    raise ValueError(f"{name}: unknown cell type {cell_type!r} (known: "
+                                     f"{list(CELL_TYPES)})")
+                if count < 1:
+                    raise ValueError(f"{name}.{cell_type} must be >= 1, got {count!r}")
         if self.specialize_lr < 0:
             raise ValueError(f"specialize_lr must be >= 0 (0 = lr), got {self.specialize_lr!r}")
         if not 0.0 < self.specialize_share < 1.0:
