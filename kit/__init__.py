@@ -17,6 +17,16 @@ def check_cell_type(cell_type) -> str:
     return cell_type
 
 
+def check_cell_type_counts(name: str, counts: dict) -> None:
+    """A config map ``cell type -> count`` (e.g. ``train.repeat``, ``train.specialize``): every
+    key one of :data:`CELL_TYPES`, every count >= 1, else a ValueError naming ``name``."""
+    for cell_type, count in counts.items():
+        if cell_type not in CELL_TYPES:
+            raise ValueError(f"{name}: unknown cell type {cell_type!r} (known: {list(CELL_TYPES)})")
+        if count < 1:
+            raise ValueError(f"{name}.{cell_type} must be >= 1, got {count!r}")
+
+
 def package_versions(names=("numpy", "torch", "cellpose")) -> dict:
     """``{"kit": version, name: installed version or None}``, for run records and reports."""
     from importlib.metadata import PackageNotFoundError, version

@@ -43,7 +43,7 @@ from kit.bundle_install import sha256
 
 REPO_CONFIGS = Path(__file__).resolve().parent / "configs"
 # model -> (config in kit/configs, training minutes): the CPU recipes for the real images
-RECIPES = {"cellpose": ("cellpose_cpu_real.yaml", 32.0), "maskrcnn": ("maskrcnn_cpu_real.yaml", 47.0),
+RECIPES = {"cellpose": ("cellpose_cpu_real.yaml", 40.0), "maskrcnn": ("maskrcnn_cpu_real.yaml", 47.0),
            "detectron2": ("detectron2_cpu_real.yaml", 40.0)}
 DEFAULT_MODELS = ("baseline", "cellpose", "maskrcnn")
 

@@ -547,3 +547,128 @@ def test_model_folders_with_the_older_key_names_still_load():
     assert CellposeConfig.from_dict(renamed_keys(old)) == CellposeConfig()
     with pytest.raises(ConfigError, match="unknown key"):
         CellposeConfig.from_dict(old)
+
+
+# ------------------------------------------------------------------------------ specialists
+
+def _specialist_run(trained, records, tmp_path, val=(), **train):
+    """The trained folder copied and resumed with ``train.specialize`` set: the all-type stage is
+    complete, so only the specialists train. Returns (folder, events)."""
+    import shutil
+
+    _, ref_dir, _ = trained
+    out = tmp_path / "model"
+    shutil.copytree(ref_dir, out)
+    events = []
+    kcp.fit(records, list(val), out, FitOptions(config=tiny_config(**train), resume=True,
+                                                progress=False),
+            lambda e, **f: events.append((e, f)))
+    return out, events
+
+
+def test_a_specialist_fine_tunes_one_cell_type_and_serves_its_images(trained, records, tmp_path):
+    """train.specialize: the final all-type network fine-tuned on one type's images alone (no
+    validation images: kept); model.json lists it, images of that type and only those get
+    their flows from it; a rerun trains it again (epochs.csv holds its rows once) and a run
+    without specialize deletes its file."""
+    from kit.models.cellpose.config import specialist_weights
+    from kit.models.cellpose.model import CellposeSegmenter
+
+    out, events = _specialist_run(trained, records, tmp_path, specialize={"cort": 3},
+                                  specialize_lr=0.002)
+    (event,) = [f for e, f in events if e == "specialist"]
+    assert event["kept"] and event["cell_type"] == "cort" and event["epochs"] == 3
+    assert event["images"] == 1 and event["val_images"] == 0 and event["val_map"] is None
+    rows = [r for r in epoch_rows(out) if r["stage"] == "specialist:cort"]
+    assert [int(r["stage_epoch"]) for r in rows] == [1, 2, 3]
+    assert all(float(r["lr"]) <= 0.002 for r in rows) and float(rows[1]["lr"]) == 0.002
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["specialists"]["cort"]["weights"] == specialist_weights("cort") == "cellpose_net_cort"
+    general = torch.load(out / kcp.WEIGHTS, weights_only=True)
+    special = torch.load(out / specialist_weights("cort"), weights_only=True)
+    assert general.keys() == special.keys()
+    assert any(not torch.equal(general[k], special[k]) for k in general)
+
+    loaded = kcp.CellposeSegmenter.load(out)
+    assert set(loaded.specialists) == {"cort"}
+    image = records[1].load_image()
+    # the diameter (here the size model's) is the all-type network's, for every type
+    all_type = CellposeSegmenter(loaded.cp, loaded.config, doc["diameters"], loaded.size_params)
+    assert loaded.predict_raw(image, "cort")["diameter"] == all_type.predict_raw(image, "cort")["diameter"]
+    # the flows of a type with a specialist are the specialist's, the others the all-type's
+    median = dataclasses.replace(loaded.config, cell_types={
+        ct: dataclasses.replace(c, diameter="median") for ct, c in loaded.config.cell_types.items()})
+    model = CellposeSegmenter(loaded.cp, median, doc["diameters"], None, specialists=loaded.specialists)
+    alone = {which: CellposeSegmenter(cp, median, doc["diameters"], None)
+             for which, cp in (("all", loaded.cp), ("cort", loaded.specialists["cort"]))}
+    for cell_type, which in (("cort", "cort"), ("shsy5y", "all"), ("astro", "all")):
+        got, want = model.predict_raw(image, cell_type), alone[which].predict_raw(image, cell_type)
+        assert np.array_equal(got["dP"], want["dP"]) and np.array_equal(got["cellprob"], want["cellprob"])
+    assert not np.array_equal(model.predict_raw(image, "cort")["dP"],
+                              alone["all"].predict_raw(image, "cort")["dP"])
+
+    _specialist_run(trained, records, tmp_path / "again", specialize={"cort": 2})
+    assert len([r for r in epoch_rows(tmp_path / "again" / "model")
+                if r["stage"] == "specialist:cort"]) == 2
+    fit(records, out, tiny_config(), resume=True)  # the same run without specialize
+    assert not (out / specialist_weights("cort")).exists()
+    assert "specialists" not in json.loads((out / "model.json").read_text())
+    assert not kcp.CellposeSegmenter.load(out).specialists
+
+
+def test_a_specialist_is_kept_only_if_it_beats_the_all_type_network_on_its_validation_images(
+        trained, records, tmp_path):
+    """With validation images of the type, both networks segment them (the type given, the
+    config's settings); the specialist is kept exactly when its MAP there is higher, and the
+    recorded scores are those of the saved networks."""
+    from kit.synth import make_image
+    from kit.models.cellpose.config import specialist_weights
+    from kit.models.cellpose.specialists import validation_map
+
+    rng = np.random.default_rng(7)
+    s = make_image("cort", rng, (128, 160), n_cells=20)
+    cv2.imwrite(str(tmp_path / "val.png"), s.image)
+    val = ImageRecord(id="val", image_path=tmp_path / "val.png", shape=(128, 160),
+                      cell_type="cort", sample_id="v", rles=tuple(s.annotations))
+    out, events = _specialist_run(trained, records, tmp_path, val=[val], specialize={"cort": 3})
+    (event,) = [f for e, f in events if e == "specialist"]
+    assert event["val_images"] == 1
+    assert event["kept"] == (event["val_map"] > event["all_type_val_map"])
+    model = kcp.CellposeSegmenter.load(out)
+    assert ("cort" in model.specialists) == event["kept"] == (out / specialist_weights("cort")).exists()
+    assert not list(out.glob("*.tmp"))
+    general = kcp.CellposeSegmenter(model.cp, model.config,
+                                    json.loads((out / "model.json").read_text())["diameters"],
+                                    model.size_params)
+    assert validation_map(general, [val], "cort") == pytest.approx(event["all_type_val_map"])
+    if event["kept"]:
+        assert validation_map(model, [val], "cort") == pytest.approx(event["val_map"])
+
+
+def test_specialist_config_errors_and_a_missing_specialist_file(trained, tmp_path):
+    import shutil
+
+    for train, match in (({"specialize": {"glia": 2}}, "specialize: unknown cell type 'glia'"),
+                         ({"specialize": {"astro": 0}}, "specialize.astro must be >= 1"),
+                         ({"specialize_share": 1.0}, r"specialize_share must be in \(0, 1\)"),
+                         ({"specialize_lr": -1.0}, "specialize_lr must be >= 0")):
+        with pytest.raises(ConfigError, match=match):
+            tiny_config(**train)
+    _, ref_dir, _ = trained
+    model = tmp_path / "model"
+    shutil.copytree(ref_dir, model)
+    doc = json.loads((model / "model.json").read_text())
+    doc["specialists"] = {"astro": {"weights": "cellpose_net_astro"}}
+    (model / "model.json").write_text(json.dumps(doc))
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "x.png"), np.zeros((64, 80), np.uint8))
+    done = run_module("kit.predict", "--model", model, "--images", images, "--out",
+                      tmp_path / "sub.csv", "--quiet")
+    assert done.returncode == 2 and "astro specialist's weights file cellpose_net_astro is missing" \
+        in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    (model / "cellpose_net_astro").write_bytes((model / kcp.WEIGHTS).read_bytes()[:500])
+    done = run_module("kit.predict", "--model", model, "--images", images, "--out",
+                      tmp_path / "sub.csv", "--quiet")
+    assert done.returncode == 2 and str(model / "cellpose_net_astro") in done.stderr, done.stderr
+    assert not (tmp_path / "sub.csv").exists()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from kit import CELL_TYPES
+from kit import CELL_TYPES, check_cell_type_counts
 from kit import config as _config
 from kit.models.precision import AmpSetting
 
@@ -18,6 +18,15 @@ CHECKPOINT = "checkpoint.pt"
 EPOCH_LOG = "epochs.csv"
 CONFIG_COPY = "config.yaml"
 EPOCH_COLUMNS = ("epoch", "stage", "stage_epoch", "lr", "train_loss", "val_loss", "seconds", "n_crops")
+SPECIALIST_KEYS = ("specialize", "specialize_lr", "specialize_share")
+
+
+def specialist_weights(cell_type: str) -> str:
+    """The file name of a cell type's specialist network in a model folder (cellpose's format,
+    like :data:`WEIGHTS`)."""
+    return f"{WEIGHTS}_{cell_type}"
+
+
 CHANNELS = [0, 0]  # grayscale, no nuclear channel (the network still has cellpose's 2 inputs)
 
 
@@ -43,6 +52,11 @@ class TrainConfig:
     amp_cpu: AmpSetting = False        # bfloat16 autocast of the training steps on CPU (loss in float32);
                                        # auto = where the CPU has it natively (kit.models.precision)
     seed: int = 0
+    specialize: dict[str, int] = field(default_factory=dict)  # cell type -> epochs of a specialist:
+                                       # the final all-type network fine-tuned on that type's images
+                                       # alone, used for images of that type (kit.models.cellpose.specialists)
+    specialize_lr: float = 0.0         # the specialists' learning rate (0 = lr)
+    specialize_share: float = 0.15     # share of --time-budget kept for the specialists
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "accumulate", "save_every"):
@@ -63,6 +77,11 @@ class TrainConfig:
             raise ValueError(f"scale_range must be in [0, 2], got {self.scale_range!r}")
         if self.nimg_per_epoch is not None and self.nimg_per_epoch < 1:
             raise ValueError(f"nimg_per_epoch must be >= 1 or null, got {self.nimg_per_epoch!r}")
+        check_cell_type_counts("specialize", self.specialize)
+        if self.specialize_lr < 0:
+            raise ValueError(f"specialize_lr must be >= 0 (0 = lr), got {self.specialize_lr!r}")
+        if not 0.0 < self.specialize_share < 1.0:
+            raise ValueError(f"specialize_share must be in (0, 1), got {self.specialize_share!r}")
 
 
 @dataclass(frozen=True)
@@ -181,8 +200,10 @@ def load_config(path=None) -> CellposeConfig:
 
 
 def _train_section(cfg: CellposeConfig) -> dict:
-    """The part of the config a checkpoint depends on (resume refuses to change it)."""
-    section = {"diam_mean": cfg.diam_mean, "train": _config.to_dict(cfg.train)}
+    """The part of the config a checkpoint depends on (resume refuses to change it); the
+    specialists train after the checkpointed stages, so their keys are not part of it."""
+    train = {k: v for k, v in _config.to_dict(cfg.train).items() if k not in SPECIALIST_KEYS}
+    section = {"diam_mean": cfg.diam_mean, "train": train}
     if cfg.width != 32:  # checkpoints written before the key existed hold cellpose's width
         section["width"] = cfg.width
     return section

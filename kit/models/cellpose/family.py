@@ -33,7 +33,8 @@ class CellposeFamily(ModelFamily):
         return load_config(path)
 
     def wants_validation(self, config) -> bool:
-        return config.train.eval_every > 0   # a monitoring loss; nothing is selected on it
+        # a monitoring loss (nothing is selected on it); the specialists are kept or dropped on it
+        return config.train.eval_every > 0 or bool(config.train.specialize)
 
     def fit(self, train, val, out: Path, options: FitOptions, log=None) -> CellposeSegmenter:
         from kit.models.cellpose.train import fit

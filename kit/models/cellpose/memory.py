@@ -43,5 +43,7 @@ def memory_plan(config, train, val, livecell=()) -> MemoryPlan:
     cache = sum(r.shape[0] * r.shape[1] * CACHE_BYTES_PER_PX + CACHE_BYTES_PER_IMAGE for r in cached)
     return MemoryPlan(
         "cellpose", torch_device("auto").type, records_mb([*train, *val, *livecell]),
-        LIBS_MB["cellpose"], params_mb(cpnet_params(config.width), t.optimizer), activations[name],
+        # a specialist trains a second network (and its optimizer) beside the all-type one
+        LIBS_MB["cellpose"], params_mb(cpnet_params(config.width), t.optimizer) * (2 if t.specialize else 1),
+        activations[name],
         f"{name}: {passes[name][0] // 1000}k px per batch", cache / MB, str(targets_cache_dir()), len(cached))

@@ -1,5 +1,10 @@
 """Cellpose inference: a loaded model folder (:class:`CellposeSegmenter`): the diameter of an
-image, the network's raw outputs and cellpose's dynamics on them."""
+image, the network's raw outputs and cellpose's dynamics on them.
+
+A folder may also hold cell-type specialists (``train.specialize``): ``cellpose_net_<type>``,
+CPnets of the same config listed in ``model.json`` under ``specialists``. An image of such a
+type gets its flows from its specialist; its diameter still comes from the all-type network's
+settings (median or size model)."""
 from __future__ import annotations
 
 import math
@@ -11,7 +16,7 @@ import numpy as np
 from kit import CELL_TYPES, check_cell_type
 from kit import config as _config
 from kit.models.cellpose.config import (CHANNELS, WEIGHTS, CellposeConfig, CellTypeConfig,
-                                        renamed_keys)
+                                        renamed_keys, specialist_weights)
 from kit.models.cellpose.data import _normalize_params
 from kit.models.cellpose.network import _load_state_dict, _new_cellpose_model
 from kit.memo import BoundedMemo
@@ -96,12 +101,24 @@ class CellposeSegmenter:
     TYPE = "cellpose"
 
     def __init__(self, cp, config: CellposeConfig, diameters: dict, size_params: dict | None,
-                 folder: Path | None = None):
+                 folder: Path | None = None, specialists: dict | None = None):
         self.cp = cp
         self.config = config
         self.diameters = {ct: float(diameters[ct]["diameter"]) for ct in CELL_TYPES}
         self.size_params = size_params
         self.folder = folder
+        self.specialists = dict(specialists or {})  # cell type -> CellposeModel of its images
+
+    @staticmethod
+    def load_network(weights: Path, config: CellposeConfig):
+        """A ``CellposeModel`` for inference with the CPnet weights file ``weights`` (checked:
+        width and ``diam_mean`` of ``config``)."""
+        cp = _new_cellpose_model(config.diam_mean, inference=True, width=config.width)
+        _load_state_dict(cp.net, weights, config.diam_mean)
+        cp.net.eval()
+        cp.diam_mean = float(cp.net.diam_mean.item())
+        cp.diam_labels = float(cp.net.diam_labels.item())
+        return cp
 
     @property
     def diam_mean(self) -> float:
@@ -116,14 +133,18 @@ class CellposeSegmenter:
         folder = Path(model_dir)
         path, doc = read_model_json(folder, cls.TYPE)
         cfg = CellposeConfig.from_dict(renamed_keys(doc["config"]), where=f"{path}: config")
-        weights = folder / doc.get("weights", WEIGHTS)
-        if not weights.is_file():
-            raise FileNotFoundError(f"{folder}: weights file {weights.name} is missing")
-        cp = _new_cellpose_model(cfg.diam_mean, inference=True, width=cfg.width)
-        _load_state_dict(cp.net, weights, cfg.diam_mean)
-        cp.net.eval()
-        cp.diam_mean = float(cp.net.diam_mean.item())
-        cp.diam_labels = float(cp.net.diam_labels.item())
+        nets = {None: doc.get("weights", WEIGHTS)}
+        for ct, info in (doc.get("specialists") or {}).items():
+            check_cell_type(ct)
+            nets[ct] = info.get("weights", specialist_weights(ct))
+        loaded = {}
+        for ct, name in nets.items():
+            weights = folder / name
+            what = "weights file" if ct is None else f"{ct} specialist's weights file"
+            if not weights.is_file():
+                raise FileNotFoundError(f"{folder}: {what} {weights.name} is missing")
+            loaded[ct] = cls.load_network(weights, cfg)
+        cp = loaded.pop(None)
         size_params = None
         if doc.get("size_model"):
             size_file = folder / doc["size_model"]
@@ -134,14 +155,15 @@ class CellposeSegmenter:
 
             with model_file(size_file, "size model file"):
                 size_params = np.load(size_file, allow_pickle=True).item()
-        return cls(cp, cfg, doc["diameters"], size_params, folder)
+        return cls(cp, cfg, doc["diameters"], size_params, folder, specialists=loaded)
 
     # -- diameter ---------------------------------------------------------------------------
 
-    def _eval(self, image, **kw):
+    def _eval(self, image, cp=None, **kw):
+        """cellpose's ``eval`` of ``cp`` (default: the all-type network) with this config."""
         inf = self.config.inference
         kw.setdefault("augment", inf.augment)
-        return self.cp.eval(image, channels=CHANNELS, batch_size=inf.batch_size,
+        return (cp or self.cp).eval(image, channels=CHANNELS, batch_size=inf.batch_size,
                             tile_overlap=inf.tile_overlap, bsize=self.config.train.bsize,
                             normalize=_normalize_params(), **kw)
 
@@ -198,12 +220,12 @@ class CellposeSegmenter:
         "style": (256,) float32, "diameter": float, "diameter_source": str, "rescale": float
         (diam_mean / diameter), "niter": float (cellpose's default dynamics iterations),
         "shape": (H, W)}``; ``(h, w) = (H, W)`` when ``inference.resample`` (else the rescaled
-        size).
+        size). A type with a specialist gets its flows, cell probabilities and style.
         """
         image = _check_image(image)
         diameter, source = self.estimate_diameter(image, cell_type)
-        _, flows, style = self._eval(image, diameter=diameter, resample=self.config.inference.resample,
-                                     compute_masks=False)
+        _, flows, style = self._eval(image, cp=self.specialists.get(cell_type), diameter=diameter,
+                                     resample=self.config.inference.resample, compute_masks=False)
         rescale = self.diam_mean / diameter
         return {"dP": np.asarray(flows[1], np.float32), "cellprob": np.asarray(flows[2], np.float32),
                 "style": np.asarray(style, np.float32), "diameter": float(diameter),

@@ -86,14 +86,16 @@ def _write_json(obj, path: Path) -> None:
 
 
 class _EpochLog:
-    """``epochs.csv``: one row per finished epoch; rows after a checkpoint are dropped on resume."""
+    """``epochs.csv``: one row per finished epoch; rows after a checkpoint are dropped on resume,
+    and so are the specialists' rows (stage ``specialist:<type>``: they train again)."""
 
     def __init__(self, path: Path, keep_through: int):
         self.path = path
         rows = []
         if keep_through > 0 and path.is_file():
             with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through]
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through
+                        and not r["stage"].startswith("specialist")]
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, EPOCH_COLUMNS)
             w.writeheader()
@@ -312,6 +314,10 @@ def fit(train_records, val_records, out_dir, options: FitOptions = FitOptions(),
     cfg, config_path = resolve_config(options.config)
     if options.epochs is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=options.epochs))
+    budget = options.time_budget_s
+    deadline = None if budget is None else time.time() + budget
+    if cfg.train.specialize and budget is not None:  # the specialists' share of the budget
+        options = dataclasses.replace(options, time_budget_s=budget * (1.0 - cfg.train.specialize_share))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = log or (lambda event, **fields: None)
@@ -337,9 +343,28 @@ def fit(train_records, val_records, out_dir, options: FitOptions = FitOptions(),
         np.random.set_state(np_state)  # the caller's random streams are left as they were
         torch.random.set_rng_state(torch_state)
     if not group.main:
-        return None  # rank 0 writes the model folder and returns the model
+        return None  # rank 0 writes the model folder, trains the specialists, returns the model
     _write_model_folder(run, seconds, config_path, log)
+    _specialists(run, train_records, val_records, deadline, log)
     return CellposeSegmenter.load(out)
+
+
+def _specialists(run: _Run, train_records, val_records, deadline, log: Callable) -> None:
+    """``train.specialize`` (:mod:`kit.models.cellpose.specialists`, in this process alone):
+    train and choose them, list the kept ones in ``model.json``; an earlier run's specialist
+    files go first."""
+    from kit.models.cellpose.specialists import drop_stale, fit_specialists
+
+    drop_stale(run.out, {})
+    if not run.cfg.train.specialize:
+        return
+    epoch_log = _EpochLog(run.out / EPOCH_LOG, keep_through=run.done)
+    autocast = run.device.type == "cpu" and cpu_autocast(run.cfg.train.amp_cpu)
+    listed = fit_specialists(run, list(train_records), list(val_records), deadline, epoch_log,
+                             autocast, log)
+    doc = json.loads((run.out / "model.json").read_text())
+    doc["specialists"] = listed
+    _write_json(doc, run.out / "model.json")
 
 
 def _wrap(net, tcfg: TrainConfig, device, group):

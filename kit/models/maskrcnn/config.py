@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from kit import CELL_TYPES
+from kit import CELL_TYPES, check_cell_type_counts
 from kit.models.precision import AmpSetting
 from kit.postprocess import PostprocessConfig
 
@@ -136,12 +136,7 @@ class TrainConfig:
         if self.crop and self.crop < 32:
             raise ValueError(f"crop must be 0 or >= 32, got {self.crop!r}")
         for name in ("repeat", "specialize"):  # cell type -> a count >= 1
-            for cell_type, count in getattr(self, name).items():
-                if cell_type not in CELL_TYPES:
-                    raise ValueError(f"{name}: unknown cell type {cell_type!r} (known: "
-                                     f"{list(CELL_TYPES)})")
-                if count < 1:
-                    raise ValueError(f"{name}.{cell_type} must be >= 1, got {count!r}")
+            check_cell_type_counts(name, getattr(self, name))
         if self.specialize_lr < 0:
             raise ValueError(f"specialize_lr must be >= 0 (0 = lr), got {self.specialize_lr!r}")
         if not 0.0 < self.specialize_share < 1.0:
