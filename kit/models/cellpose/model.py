@@ -164,8 +164,8 @@ class CellposeSegmenter:
         inf = self.config.inference
         kw.setdefault("augment", inf.augment)
         return (cp or self.cp).eval(image, channels=CHANNELS, batch_size=inf.batch_size,
-                            tile_overlap=inf.tile_overlap, bsize=self.config.train.bsize,
-                            normalize=_normalize_params(), **kw)
+                                    tile_overlap=inf.tile_overlap, bsize=self.config.train.bsize,
+                                    normalize=_normalize_params(), **kw)
 
     def size_model_diameter(self, image: np.ndarray) -> float:
         """The size model's diameter estimate (px) of an image; NaN without a size model.

@@ -307,7 +307,9 @@ def fit(train_records, val_records, out_dir, options: FitOptions = FitOptions(),
     ``stop_after_epochs`` epochs of this call (the checkpoint is saved; ``resume`` continues);
     the model folder is written either way and says in ``model.json`` ``training`` how many
     epochs it has. ``log(event, **fields)`` receives progress events (kit.train's
-    ``train.log``); ``val_records`` only feed the monitoring loss (``train.eval_every``).
+    ``train.log``); ``val_records`` feed the monitoring loss (``train.eval_every``) and decide
+    whether each ``train.specialize`` specialist is kept (:mod:`kit.models.cellpose.specialists`,
+    trained after the folder is written, in ``train.specialize_share`` of ``time_budget_s``).
     """
     import torch
 
