@@ -23,6 +23,7 @@ from kit.models import cellpose as kcp  # noqa: E402
 from kit.models.cellpose import CellposeConfig, learning_rates, training_labels  # noqa: E402
 from kit.models.cellpose import data as kcp_data  # noqa: E402
 from kit.models.cellpose import network as kcp_network  # noqa: E402
+from kit.models.cellpose import steps as kcp_steps  # noqa: E402
 from kit.models.cellpose import train as kcp_train  # noqa: E402
 from kit.models.family import FitOptions  # noqa: E402
 from tests.conftest import run_module  # noqa: E402
@@ -267,7 +268,7 @@ def test_batchnorm_recalibration_restores_eval_mode(trained, records):
     net = kcp_network._new_cellpose_model(17.0, inference=False).net
     net.load_state_dict(torch.load(out / kcp.CHECKPOINT, weights_only=False)["net"])  # not recalibrated
     np.random.seed(0)
-    imgi, lbl = kcp_train._crops(data, [0, 1, 0, 1], 17.0, cfg.train)
+    imgi, lbl = kcp_steps._crops(data, [0, 1, 0, 1], 17.0, cfg.train)
     x = torch.from_numpy(imgi)
 
     def loss(model, train):

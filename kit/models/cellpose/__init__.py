@@ -78,7 +78,8 @@ from kit.models.cellpose.config import (CHECKPOINT, CONFIG_COPY, DEFAULT_CONFIG,
                                         load_config, renamed_keys)
 from kit.models.cellpose.data import net_input, training_labels
 from kit.models.cellpose.model import CellposeSegmenter, labels_from_raw
-from kit.models.cellpose.train import fit, learning_rates, recalibrate_batchnorm, seg_loss
+from kit.models.cellpose.steps import learning_rates, recalibrate_batchnorm, seg_loss
+from kit.models.cellpose.train import fit
 
 __all__ = [
     "CellposeConfig", "TrainConfig", "SizeModelConfig", "InferenceConfig", "CellTypeConfig",

@@ -32,6 +32,8 @@ from kit.heap import release_free_memory
 from kit.models.cellpose.config import specialist_weights
 from kit.models.cellpose.data import _prepare
 from kit.models.cellpose.model import CellposeSegmenter
+from kit.models.cellpose.steps import (_make_optimizer, _seed_all, _train_epoch, learning_rates,
+                                       recalibrate_batchnorm)
 from kit.models.schedule import BudgetClock, halving_tail
 
 STAGE = "specialist:{}"
@@ -51,7 +53,6 @@ def _train(run, net, data, epochs: int, budget_s: float | None, stage: str, epoc
            autocast: bool) -> int:
     """Fine-tune ``net`` on ``data`` for up to ``epochs`` epochs within ``budget_s`` seconds;
     returns the epochs run."""
-    from kit.models.cellpose.train import _make_optimizer, _seed_all, _train_epoch, learning_rates
 
     tcfg = run.cfg.train
     rates = learning_rates(epochs, tcfg.specialize_lr or tcfg.lr, min(tcfg.warmup_epochs, 1))
@@ -86,8 +87,6 @@ def fit_specialists(run, train_records, val_records, deadline: float | None, epo
     written already; ``deadline``: ``time.time()`` by which they are all done (None: no
     budget). Returns ``model.json``'s ``specialists`` section (cell type -> how it was chosen);
     ``log`` gets one ``specialist`` (or ``specialist_skipped``) event per type."""
-    from kit.models.cellpose.train import recalibrate_batchnorm
-
     tcfg = run.cfg.train
     todo = list(tcfg.specialize.items())
     general = CellposeSegmenter.load(run.out)
