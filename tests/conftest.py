@@ -161,3 +161,16 @@ def real_train_dir(root, ids) -> Path:
         (root / "train" / f"{id_}.png").symlink_to(REAL_SARTORIUS / "train" / f"{id_}.png")
     (root / "train.csv").write_text(lines[0] + "".join(r for r in lines[1:] if r.split(",")[0] in ids))
     return root
+
+
+def copy_listing_a_specialist(folder: Path, dest: Path, weights: str) -> Path:
+    """A copy of the model folder ``folder`` at ``dest`` whose ``model.json`` lists an astro
+    specialist with weights file ``weights`` (not created); returns ``dest``."""
+    import json
+    import shutil
+
+    shutil.copytree(folder, dest)
+    doc = json.loads((dest / "model.json").read_text())
+    doc["specialists"] = {"astro": {"weights": weights}}
+    (dest / "model.json").write_text(json.dumps(doc))
+    return dest

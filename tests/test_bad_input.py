@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from kit import rle
-from tests.conftest import REPO, run_module
+from tests.conftest import REPO, copy_listing_a_specialist, run_module
 
 SHAPE = (520, 704)
 A = rle.encode(np.pad(np.ones((3, 4), bool), ((10, 507), (20, 680))))
@@ -200,14 +200,7 @@ def test_broken_maskrcnn_weights(tmp_path, maskrcnn_folder, damage):
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
 def test_broken_maskrcnn_specialist(tmp_path, maskrcnn_folder, damage):
     """model.json lists an astro specialist (train.specialize) whose weights are gone or cut."""
-    import json
-    import shutil
-
-    model = tmp_path / "model"
-    shutil.copytree(maskrcnn_folder, model)
-    doc = json.loads((model / "model.json").read_text())
-    doc["specialists"] = {"astro": {"weights": "specialist_astro.pt"}}
-    (model / "model.json").write_text(json.dumps(doc))
+    model = copy_listing_a_specialist(maskrcnn_folder, tmp_path / "model", "specialist_astro.pt")
     weights = model / "specialist_astro.pt"
     if damage == "missing":
         expected = "specialist 'astro': weights file"

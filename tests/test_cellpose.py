@@ -26,7 +26,7 @@ from kit.models.cellpose import network as kcp_network  # noqa: E402
 from kit.models.cellpose import steps as kcp_steps  # noqa: E402
 from kit.models.cellpose import train as kcp_train  # noqa: E402
 from kit.models.family import FitOptions  # noqa: E402
-from tests.conftest import run_module  # noqa: E402
+from tests.conftest import copy_listing_a_specialist, run_module  # noqa: E402
 
 
 def fit(records, out, config, *, log=None, progress=False, resume=False, pretrained=None,
@@ -647,7 +647,6 @@ def test_a_specialist_is_kept_only_if_it_beats_the_all_type_network_on_its_valid
 
 
 def test_specialist_config_errors_and_a_missing_specialist_file(trained, tmp_path):
-    import shutil
 
     for train, match in (({"specialize": {"glia": 2}}, "specialize: unknown cell type 'glia'"),
                          ({"specialize": {"astro": 0}}, "specialize.astro must be >= 1"),
@@ -656,11 +655,7 @@ def test_specialist_config_errors_and_a_missing_specialist_file(trained, tmp_pat
         with pytest.raises(ConfigError, match=match):
             tiny_config(**train)
     _, ref_dir, _ = trained
-    model = tmp_path / "model"
-    shutil.copytree(ref_dir, model)
-    doc = json.loads((model / "model.json").read_text())
-    doc["specialists"] = {"astro": {"weights": "cellpose_net_astro"}}
-    (model / "model.json").write_text(json.dumps(doc))
+    model = copy_listing_a_specialist(ref_dir, tmp_path / "model", "cellpose_net_astro")
     images = tmp_path / "images"
     images.mkdir()
     cv2.imwrite(str(images / "x.png"), np.zeros((64, 80), np.uint8))
