@@ -647,7 +647,6 @@ def test_a_specialist_is_kept_only_if_it_beats_the_all_type_network_on_its_valid
 
 
 def test_specialist_config_errors_and_a_missing_specialist_file(trained, tmp_path):
-
     for train, match in (({"specialize": {"glia": 2}}, "specialize: unknown cell type 'glia'"),
                          ({"specialize": {"astro": 0}}, "specialize.astro must be >= 1"),
                          ({"specialize_share": 1.0}, r"specialize_share must be in \(0, 1\)"),
