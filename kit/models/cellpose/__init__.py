@@ -28,6 +28,10 @@ Training (:func:`fit`)
       cellpose's ``train.train_size`` recipe (style vector -> log diameter, ridge regression;
       our loop, reading the images per batch), and the per-cell-type median diameter of the
       training images is kept as the fallback.
+    * Optional specialists (``train.specialize``, :mod:`kit.models.cellpose.specialists`): the
+      final network fine-tuned on one cell type's images alone, kept only if it beats the
+      all-type network on that type's validation images; images of that type then get their
+      flows from it.
     * Memory does not grow with the images: their network inputs, flows and label images are
       computed once into an on-disk cache (:func:`~kit.models.cellpose.data.targets_cache_dir`,
       keyed by the image's bytes, masks and the settings) and read per batch.
@@ -49,16 +53,18 @@ The model folder
     ``model.json`` (``{"type": "cellpose", "config", "diameters", "training", "versions"}``; its
     ``config`` is what inference reads), ``cellpose_net`` (CPnet ``state_dict``, cellpose's own
     format: ``cellpose --pretrained_model`` reads it) and ``cellpose_net_size.npy`` (cellpose's
-    size-model format), ``config.yaml`` (verbatim copy of the YAML used), ``epochs.csv`` (one row
-    per epoch: stage, learning rate, losses, seconds), ``checkpoint.pt`` (for ``--resume``).
+    size-model format), ``cellpose_net_<type>`` (a kept specialist, listed under ``specialists``),
+    ``config.yaml`` (verbatim copy of the YAML used), ``epochs.csv`` (one row per epoch: stage,
+    learning rate, losses, seconds), ``checkpoint.pt`` (for ``--resume``).
 
 Downloads never happen: the network is built with ``pretrained_model=False`` and weights are
 loaded by us from paths checked to exist (cellpose 3.x silently tries to download a built-in
 model when handed a path that does not exist).
 
 Modules: ``config`` (the YAML sections, file names), ``data`` (label images, network input,
-the in-memory image set), ``network`` (random-init CPnet, loading weights files), ``train``
-(:func:`fit` and its phases), ``model`` (:class:`CellposeSegmenter`, :func:`labels_from_raw`),
+the in-memory image set), ``network`` (random-init CPnet, loading weights files), ``steps``
+(loss, schedule, crops, one epoch, BatchNorm recalibration), ``train`` (:func:`fit` and its
+phases), ``specialists`` (``train.specialize``), ``model`` (:class:`CellposeSegmenter`, :func:`labels_from_raw`),
 ``family`` (the model-family protocol).
 """
 from __future__ import annotations
