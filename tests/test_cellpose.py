@@ -624,7 +624,7 @@ def test_a_specialist_is_kept_only_if_it_beats_the_all_type_network_on_its_valid
     recorded scores are those of the saved networks."""
     from kit.synth import make_image
     from kit.models.cellpose.config import specialist_weights
-    from kit.models.cellpose.specialists import validation_map
+    from kit.models.validation import evaluate
 
     rng = np.random.default_rng(7)
     s = make_image("cort", rng, (128, 160), n_cells=20)
@@ -641,9 +641,9 @@ def test_a_specialist_is_kept_only_if_it_beats_the_all_type_network_on_its_valid
     general = kcp.CellposeSegmenter(model.cp, model.config,
                                     json.loads((out / "model.json").read_text())["diameters"],
                                     model.size_params)
-    assert validation_map(general, [val], "cort") == pytest.approx(event["all_type_val_map"])
+    assert evaluate(general, [val])["map"] == pytest.approx(event["all_type_val_map"])
     if event["kept"]:
-        assert validation_map(model, [val], "cort") == pytest.approx(event["val_map"])
+        assert evaluate(model, [val])["map"] == pytest.approx(event["val_map"])
 
 
 def test_specialist_config_errors_and_a_missing_specialist_file(trained, tmp_path):

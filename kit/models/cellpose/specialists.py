@@ -35,25 +35,15 @@ from kit.models.cellpose.model import CellposeSegmenter
 from kit.models.cellpose.steps import (_make_optimizer, _seed_all, _train_epoch, learning_rates,
                                        recalibrate_batchnorm)
 from kit.models.schedule import BudgetClock, halving_tail
+from kit.models.validation import evaluate
 
 STAGE = "specialist:{}"
-
-
-def validation_map(model: CellposeSegmenter, records, cell_type: str) -> float:
-    """MAP (mean over images of the competition score) of ``model.predict`` on ``records``, all
-    of ``cell_type`` (given)."""
-    from kit import metric
-
-    scores = [metric.image_score(list(r.rles), model.predict(r.load_image(), cell_type), r.shape,
-                                 id=r.id, cell_type=cell_type) for r in records]
-    return metric.summarize(scores).map
 
 
 def _train(run, net, data, epochs: int, budget_s: float | None, stage: str, epoch_log,
            autocast: bool) -> int:
     """Fine-tune ``net`` on ``data`` for up to ``epochs`` epochs within ``budget_s`` seconds;
     returns the epochs run."""
-
     tcfg = run.cfg.train
     rates = learning_rates(epochs, tcfg.specialize_lr or tcfg.lr, min(tcfg.warmup_epochs, 1))
     opt = _make_optimizer(net, tcfg)
@@ -110,11 +100,10 @@ def fit_specialists(run, train_records, val_records, deadline: float | None, epo
         name = specialist_weights(cell_type)
         tmp = run.out / (name + ".tmp")
         net.save_model(str(tmp))
-        special = CellposeSegmenter(general.cp, general.config, _diameters(general),
-                                    general.size_params, run.out,
-                                    {cell_type: CellposeSegmenter.load_network(tmp, run.cfg)})
-        score = validation_map(special, vals, cell_type) if vals else None
-        base = validation_map(general, vals, cell_type) if vals else None
+        special = copy.copy(general)  # the all-type model with this specialist
+        special.specialists = {cell_type: CellposeSegmenter.load_network(tmp, run.cfg)}
+        score = evaluate(special, vals)["map"] if vals else None
+        base = evaluate(general, vals)["map"] if vals else None
         kept = not vals or score > base
         if kept:
             tmp.replace(run.out / name)
@@ -129,17 +118,9 @@ def fit_specialists(run, train_records, val_records, deadline: float | None, epo
     return listed
 
 
-def _diameters(model: CellposeSegmenter) -> dict:
-    """``model.diameters`` in ``model.json``'s shape (the constructor's input)."""
-    return {ct: {"diameter": d} for ct, d in model.diameters.items()}
-
-
-def drop_stale(out: Path, listed: dict) -> None:
-    """Delete specialist weights files in ``out`` that ``listed`` does not name (an earlier
-    run's)."""
+def drop_stale(out: Path) -> None:
+    """Delete an earlier run's specialist weights files in ``out``."""
     from kit import CELL_TYPES
 
     for ct in CELL_TYPES:
-        path = out / specialist_weights(ct)
-        if ct not in listed and path.exists():
-            path.unlink()
+        (out / specialist_weights(ct)).unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from kit.distributed import SINGLE, rank_batches
 from kit.models.cellpose.config import TrainConfig
 from kit.models.cellpose.data import _ImageSet
 
+
 def seg_loss(lbl: np.ndarray, y, device=None):
     """cellpose 3.1's training loss (``train._loss_fn_seg``): MSE between the predicted flows
     and 5x the true flows, halved, plus BCE-with-logits of the cell probability.

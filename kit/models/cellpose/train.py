@@ -182,7 +182,7 @@ def _specialists(run: _Run, train_records, val_records, deadline, log: Callable)
     files go first."""
     from kit.models.cellpose.specialists import drop_stale, fit_specialists
 
-    drop_stale(run.out, {})
+    drop_stale(run.out)
     if not run.cfg.train.specialize:
         return
     epoch_log = _EpochLog(run.out / EPOCH_LOG, keep_through=run.done)
