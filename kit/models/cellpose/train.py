@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -88,6 +89,12 @@ class _Run:
     stopped: str | None = None    # why training stopped early ("time budget", "epoch budget")
     group: object = SINGLE        # the processes training together (kit.distributed)
     train_net: object = None      # ``net`` wrapped for several processes (None: one process)
+
+    @functools.cached_property
+    def autocast(self) -> bool:
+        """Training forward passes under bfloat16 autocast (``train.amp_cpu`` on a CPU), read
+        once per run: the all-type epochs and the specialists use the same answer."""
+        return self.device.type == "cpu" and cpu_autocast(self.cfg.train.amp_cpu)
 
     @property
     def stages(self) -> list:
@@ -186,9 +193,8 @@ def _specialists(run: _Run, train_records, val_records, deadline, log: Callable)
     if not run.cfg.train.specialize:
         return
     epoch_log = _EpochLog(run.out / EPOCH_LOG, keep_through=run.done)
-    autocast = run.device.type == "cpu" and cpu_autocast(run.cfg.train.amp_cpu)
     listed = fit_specialists(run, list(train_records), list(val_records), deadline, epoch_log,
-                             autocast, log)
+                             run.autocast, log)
     doc = json.loads((run.out / "model.json").read_text())
     doc["specialists"] = listed
     _write_json(doc, run.out / "model.json")
@@ -284,7 +290,7 @@ def _train_stages(run: _Run, options: FitOptions, log: Callable) -> float:
     t0 = time.time()
     clock = BudgetClock(options.time_budget_s, now=t0)
     ran = 0
-    autocast = run.device.type == "cpu" and cpu_autocast(tcfg.amp_cpu)  # read once per run
+    autocast = run.autocast
     log("cellpose_precision", amp_cpu=tcfg.amp_cpu, native_bf16=cpu_has_native_bf16(),
         autocast="bfloat16" if autocast else None)
     bar = tqdm(total=total, initial=run.done, desc="cellpose epochs", unit="ep",
