@@ -10,6 +10,8 @@ import pytest
 
 from kit import rle, synth
 
+from conftest import REAL_SARTORIUS, needs_real_data
+
 SMALL = (130, 176)     # 1/16 of the real area: format and artifact tests
 QUARTER = (260, 352)   # 1/4 of the real area: statistics tests
 
@@ -86,6 +88,29 @@ def test_counts_and_areas_follow_eda(cell_type):
     assert min(areas) >= spec.area_min
 
 
+def solidity_quantiles(annotations, shape) -> np.ndarray:
+    """Quantiles 10/25/50/75/90 % of mask area / convex-hull area (OpenCV outer contours)."""
+    values = []
+    for ann in annotations:
+        m = rle.decode(ann, shape).view(np.uint8)
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        hull = cv2.contourArea(cv2.convexHull(np.concatenate(contours)))
+        values.append(m.sum() / max(hull, 1.0))
+    return np.percentile(values, [10, 25, 50, 75, 90])
+
+
+@needs_real_data
+def test_astro_shapes_follow_the_real_annotations():
+    real = pd.read_csv(REAL_SARTORIUS / "train.csv", usecols=["annotation", "cell_type"])
+    real_q = solidity_quantiles(real.annotation[real.cell_type == "astro"], (520, 704))
+    np.testing.assert_allclose(real_q, synth.ASTRO_SOLIDITY_REAL, atol=0.002)
+    rng = np.random.default_rng(3)
+    anns = [a for _ in range(12) for a in synth.make_image("astro", rng).annotations]
+    synth_q = solidity_quantiles(anns, (520, 704))
+    # as near-convex and as branched as the real astro annotations, quantile by quantile
+    np.testing.assert_allclose(synth_q, real_q, atol=0.07)
+
+
 def test_deterministic(tmp_path):
     a = synth.make_dataset(tmp_path / "a", 4, 2, seed=9, shape=SMALL)
     b = synth.make_dataset(tmp_path / "b", 4, 2, seed=9, shape=SMALL)
@@ -115,11 +140,15 @@ def test_overlapping_and_hollow_masks(ds):
         assert (g.cell_type == "astro").all()
         for k in idx:
             m = rle.decode(g.annotation.iloc[k], SMALL)
+            # a ring 2 px wide: a 3x3 erosion leaves little of it (of a solid cell, most)
+            assert cv2.erode(m.view(np.uint8), np.ones((3, 3), np.uint8)).sum() < 0.2 * m.sum()
+            if m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any():
+                continue  # a cell cut by the image border: its ring is open there
             filled = np.zeros(SMALL, np.uint8)
             contours, _ = cv2.findContours(m.view(np.uint8), cv2.RETR_EXTERNAL,
                                            cv2.CHAIN_APPROX_NONE)
             cv2.drawContours(filled, contours, -1, 1, -1)
-            assert filled.sum() > 1.3 * m.sum()  # a ring: filling it adds the inside
+            assert filled.sum() > 1.3 * m.sum()  # a closed ring: filling it adds the inside
 
 
 def test_make_image_rejects_bad_input():
