@@ -131,6 +131,16 @@ def parallel_env(n_parallel: int) -> tuple[int, dict]:
     return threads, {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
+def cpu_threads() -> int:
+    """CPU threads this process computes with: ``OMP_NUM_THREADS`` when set to a positive
+    integer (what :func:`parallel_env` pins and torch follows), else every core."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        n = 0
+    return n if n > 0 else (os.cpu_count() or 1)
+
+
 def micro_batch(batch_size: int, world: int, accumulate: int) -> int:
     """Images per forward pass on one rank: ``batch_size / (world * accumulate)``; a
     ValueError when that is not a whole number >= 1."""

@@ -138,7 +138,8 @@ def train_models(plan: Plan, say: Progress) -> dict[str, dict]:
     logs = plan.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     todo = [m for m in plan.models if not finished_run_matches(plan, m)]
-    info = {m: {"reused": True, "seconds": _train_log_seconds(plan.out / "models" / m)}
+    info = {m: {"reused": True, "seconds": _train_log_seconds(plan.out / "models" / m),
+                "threads": _trained_threads(plan.out / "models" / m)}
             for m in plan.models if m not in todo}
     for m in info:
         say(f"train {m}: reused the finished run in {plan.out / 'models' / m}")
@@ -167,8 +168,16 @@ def train_models(plan: Plan, say: Progress) -> dict[str, dict]:
 
     with ThreadPoolExecutor(max_workers=max(1, plan.parallel)) as pool:
         for model, seconds in pool.map(run, todo):
-            info[model] = {"reused": False, "seconds": seconds}
+            info[model] = {"reused": False, "seconds": seconds, "threads": threads}
     return info
+
+
+def _trained_threads(folder: Path) -> int | None:
+    """CPU threads of a finished kit.train run (``params.json``; None for runs that predate it)."""
+    try:
+        return json.loads((folder / "params.json").read_text()).get("cpu_threads")
+    except (OSError, ValueError):
+        return None
 
 
 def _train_log_seconds(folder: Path) -> float | None:

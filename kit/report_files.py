@@ -198,6 +198,19 @@ def best_worst_figure(plan, row: Row, held_out, path: Path) -> tuple[Path, list]
     return save_grid(overlays, path, ncols=2, title=title), chosen
 
 
+def training_line(trained: dict) -> str:
+    """Markdown: each model's kit.train wall and CPU threads, and whether this run trained it."""
+    def one(model: str, info: dict) -> str:
+        minutes = "?" if info.get("seconds") is None else f"{info['seconds'] / 60:.1f} min"
+        threads = info.get("threads")
+        cores = "" if threads is None else f", {threads} CPU thread{'s' if threads != 1 else ''}"
+        return f"{model} {minutes}{cores}{' (reused: an earlier run trained it)' if info.get('reused') else ''}"
+
+    return ("Training (kit.train wall): " + "; ".join(one(m, i) for m, i in trained.items())
+            + ". Models trained side by side share the cores; one that trains alone gets them all, "
+              "so a rerun that retrains one model gives it more threads than a run that trains all.")
+
+
 def write_report(plan, rows, tuning: dict, trained: dict, val_ids, held_out, say) -> dict:
     """Write every report file (module docstring); returns the report document."""
     from kit.atomic import atomic_open
@@ -228,6 +241,7 @@ def write_report(plan, rows, tuning: dict, trained: dict, val_ids, held_out, say
     lines = [f"# Held-out report: fold {plan.held_out} of {plan.folds.name}", "",
              f"Data: `{plan.data}`; {len(held_out)} held-out images; validation split {n_val} images.",
              "", selection, "", score_table(rows, cell_types), "",
+             training_line(trained), "",
              "Rows render every held-out image with its true cell type. kit.train's own "
              "out-of-fold MAP uses the model's cell-type rule (Mask R-CNN's `cell_type: vote`: "
              "the majority class of its detections): "

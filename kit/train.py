@@ -311,6 +311,7 @@ def _main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     params["processes"] = group.world
+    params["cpu_threads"] = distributed.cpu_threads()   # per process
     if args.config is not None:  # what the config file said when this run trained
         params["config_sha256"] = sha256(Path(args.config))
     with atomic_open(out / "params.json") as f:

@@ -4,6 +4,7 @@ the held-out images never reach training, validation or tuning; a rerun reuses e
 The baseline and a tiny Mask R-CNN keep it to minutes; Cellpose goes through the same stages
 (the family protocol: tests/test_family.py) and trains on real images in test_real_models.py."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -83,6 +84,11 @@ def test_report_files_and_rows(report):
     assert {t["target"] for t in doc["targets"]} >= {"best single model MAP >= 0.20"}
     md = (out / "report.md").read_text()
     assert "| maskrcnn tuned |" in md and "FN merged" in md and "Targets:" in md
+    for m in ("baseline", "maskrcnn"):   # trained side by side: the cores shared out
+        threads = json.loads((out / "models" / m / "params.json").read_text())["cpu_threads"]
+        assert doc["training"][m]["threads"] == threads == max(1, (os.cpu_count() or 1) // 2)
+        assert not doc["training"][m]["reused"]
+        assert f"{m} {doc['training'][m]['seconds'] / 60:.1f} min, {threads} CPU thread" in md
     for png in (out / "report_map.png", out / "figures" / "best_worst.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "[report" in done.stdout and "done:" in done.stdout
@@ -119,6 +125,9 @@ def test_rerun_reuses_every_stage(report, real_dir):
     assert done.stdout.count("reused the finished run") == 2 and done.stdout.count("tune ") == 4
     assert all("reused" in line for line in done.stdout.splitlines() if line.split("] ")[-1].startswith("tune "))
     assert {p: p.stat().st_mtime_ns for p in before} == before
+    training = json.loads((out / "report.json").read_text())["training"]
+    assert all(t["reused"] and t["threads"] >= 1 for t in training.values())
+    assert "(reused: an earlier run trained it)" in (out / "report.md").read_text()
 
 
 def test_a_finished_run_matches_the_config_content_it_trained_with(report, real_dir, tmp_path):
