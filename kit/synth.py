@@ -295,13 +295,16 @@ def _annotations(rng, labels: np.ndarray, spec: CellTypeSpec, hollow_frac: float
     """GT RLEs in label order, with a few masks grown into neighbours and a few made hollow.
 
     With ``hollow_frac > 0``, that share (at least one) of the cells larger than
-    ``_HOLLOW_MIN_AREA`` px get a ring-only mask; every other cell grows 1-2 px into its touching
-    neighbours with chance ``spec.gt_overlap_prob``.
+    ``_HOLLOW_MIN_AREA`` px and clear of the image border get a closed ring-only mask; every other
+    cell grows 1-2 px into its touching neighbours with chance ``spec.gt_overlap_prob``.
     """
     h, w = labels.shape
     ann = rle.encode_labels(labels)
     n = len(ann)
-    big = np.flatnonzero(np.bincount(labels.ravel(), minlength=n + 1)[1:] > _HOLLOW_MIN_AREA)
+    on_border = np.zeros(n + 1, bool)
+    on_border[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+    big = np.flatnonzero((np.bincount(labels.ravel(), minlength=n + 1)[1:] > _HOLLOW_MIN_AREA)
+                         & ~on_border[1:])
     n_hollow = max(1, round(hollow_frac * len(big))) if hollow_frac > 0 and len(big) else 0
     hollow = set(rng.choice(big, size=n_hollow, replace=False).tolist()) if n_hollow else set()
     grow = set(np.flatnonzero(rng.random(n) < spec.gt_overlap_prob).tolist()) - hollow
