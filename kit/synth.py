@@ -18,9 +18,11 @@ type sharing a ``sample_id`` (and density and look), so grouped folds mean somet
 
 Like the real ``train.csv``, the ground truth is not a clean partition: a few masks reach 1-2 px
 into a touching neighbour (overlapping annotations) and in some astro images a few masks are
-only a ring (hollow annotation artifact). The image itself is rendered from the clean,
+only a closed ring (hollow annotation artifact). The image itself is rendered from the clean,
 non-overlapping label image. ``synth_params.json["hollow_masks"]`` maps image id -> 0-based
-indices, among that image's csv rows, of the hollow masks.
+indices, among that image's csv rows, of the hollow masks. Astro cells are a body with 0-4
+processes, as near-convex or as branched as the real astro annotations
+(``ASTRO_SOLIDITY_REAL``).
 
 Everything is a function of ``seed`` (numpy ``Generator``): same arguments, byte-identical files.
 """
