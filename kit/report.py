@@ -138,8 +138,7 @@ def train_models(plan: Plan, say: Progress) -> dict[str, dict]:
     logs = plan.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     todo = [m for m in plan.models if not finished_run_matches(plan, m)]
-    info = {m: {"reused": True, "seconds": _train_log_seconds(plan.out / "models" / m),
-                "threads": _trained_threads(plan.out / "models" / m)}
+    info = {m: {"reused": True, "seconds": _train_log_seconds(plan.out / "models" / m)}
             for m in plan.models if m not in todo}
     for m in info:
         say(f"train {m}: reused the finished run in {plan.out / 'models' / m}")
@@ -168,7 +167,9 @@ def train_models(plan: Plan, say: Progress) -> dict[str, dict]:
 
     with ThreadPoolExecutor(max_workers=max(1, plan.parallel)) as pool:
         for model, seconds in pool.map(run, todo):
-            info[model] = {"reused": False, "seconds": seconds, "threads": threads}
+            info[model] = {"reused": False, "seconds": seconds}
+    for m, entry in info.items():   # as each kit.train run recorded them, reused or not
+        entry["threads"] = _trained_threads(plan.out / "models" / m)
     return info
 
 
