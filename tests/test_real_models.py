@@ -2,7 +2,7 @@
 absent), and predicts a valid submission of the other images with the classifier's cell types."""
 import pytest
 
-from conftest import REAL_SARTORIUS, needs_real_data, real_images, real_train_dir, run_module
+from tests.conftest import REAL_SARTORIUS, needs_real_data, real_images, real_train_dir, run_module
 from test_report import TINY_CELLPOSE, TINY_MASKRCNN
 
 pytestmark = needs_real_data

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import TINY_MASKRCNN, needs_real_data, real_images, real_train_dir, run_module
+from tests.conftest import TINY_MASKRCNN, needs_real_data, real_images, real_train_dir, run_module
 
 pytestmark = needs_real_data
 

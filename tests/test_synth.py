@@ -10,7 +10,7 @@ import pytest
 
 from kit import rle, synth
 
-from conftest import REAL_SARTORIUS, needs_real_data
+from tests.conftest import REAL_SARTORIUS, needs_real_data
 
 SMALL = (130, 176)     # 1/16 of the real area: format and artifact tests
 QUARTER = (260, 352)   # 1/4 of the real area: statistics tests
