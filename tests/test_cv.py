@@ -141,7 +141,7 @@ def test_cv_real_train_csv_as_it_comes(tmp_path):
     scored against itself is exactly 1.0; against a perturbed copy of some images every image
     score equals the independent reference, the others are missing (all FN), and the JSON is
     strict JSON."""
-    import metric_reference as reference
+    from tests import metric_reference as reference
 
     from benchmarks import overlap as bench_overlap
     from kit.data import read_train_csv

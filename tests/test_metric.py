@@ -1,6 +1,6 @@
 """kit.metric: hand-computed cases, strictness, empties, overlaps, one-to-one matching, the
 independent reference (tests/metric_reference.py), real ground truth, cellpose agreement."""
-import metric_reference as reference
+from tests import metric_reference as reference
 import numpy as np
 import pytest
 

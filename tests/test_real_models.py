@@ -3,7 +3,7 @@ absent), and predicts a valid submission of the other images with the classifier
 import pytest
 
 from tests.conftest import REAL_SARTORIUS, needs_real_data, real_images, real_train_dir, run_module
-from test_report import TINY_CELLPOSE, TINY_MASKRCNN
+from tests.test_report import TINY_CELLPOSE, TINY_MASKRCNN
 
 pytestmark = needs_real_data
 

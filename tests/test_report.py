@@ -178,7 +178,7 @@ def test_detectron2_goes_through_every_stage(real_dir, tmp_path):
     otherwise, trained, tuned on the validation split, scored on the held-out fold, and an
     ensemble member like the torchvision model."""
     pytest.importorskip("detectron2")
-    from test_detectron2 import TINY_D2
+    from tests.test_detectron2 import TINY_D2
 
     from kit.report import RECIPES
 
