@@ -133,8 +133,9 @@ def finished_run_matches(plan: Plan, model: str) -> bool:
 
 
 def train_models(plan: Plan, say: Progress) -> dict[str, dict]:
-    """Stage 1: ``{model: {"reused": bool, "seconds": wall}}``; raises RuntimeError naming the
-    log of a failed run."""
+    """Stage 1: ``{model: {"reused": bool, "seconds": wall, "threads": CPU threads or None}}``
+    (threads from each run's ``params.json``); raises RuntimeError naming the log of a failed
+    run."""
     logs = plan.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     todo = [m for m in plan.models if not finished_run_matches(plan, m)]
